@@ -69,6 +69,10 @@ class AlfworldEnvConfig(_Base):
     )
     history_window: int = Field(3, ge=0, description="Past (observation, action) pairs shown in the prompt.")
     max_steps: int = Field(50, ge=1, description="Env step limit per episode (ALFWorld default 50).")
+    max_receptacles: int | None = Field(None, ge=2, description="Generated games only: small rooms keeping the receptacles the task needs plus random others up to this many (None = the full scene). A CPU-scale option; such sets are cached separately.")
+    repeat_task: bool = Field(False, description="Restate the task at the top of every later user message (verl-agent prompts do); helps small models keep the goal in view.")
+    demo_policy: Literal["walkthrough", "explorer"] = Field("walkthrough", description="SFT demonstrations: the planner walkthrough (knows where objects are) or the observation-only explorer (searches like an agent must; envs/alfworld/explorer.py).")
+    max_distractor_classes: int = Field(15, ge=0, description="Generated games only: object classes besides the target placed in a room (1-2 instances each).")
 
 
 class SearchEnvConfig(_Base):

@@ -33,7 +33,10 @@ def demo_turn(action: str, step: int, total: int) -> str:
 
 
 def demonstrations(cfg: Config, split: str = "train", limit: int | None = None) -> list[tuple[str, list[str]]]:
-    """(task_id, assistant turns) from each game's planner walkthrough, for the SFT warm start."""
+    """(task_id, assistant turns) for the SFT warm start: each game's planner walkthrough
+    (`env.alfworld.demo_policy: walkthrough`), or the observation-only explorer's winning play (`explorer`;
+    games it does not win are skipped)."""
+    from envs.alfworld import explorer
     from envs.alfworld.pool import env_from_config
 
     env = env_from_config(cfg.env.alfworld, cfg.model.cache_dir, split)
@@ -43,6 +46,11 @@ def demonstrations(cfg: Config, split: str = "train", limit: int | None = None) 
         if limit and limit < len(ids):  # spread the cap over task types (ids are grouped by type)
             ids = [ids[(i * len(ids)) // limit] for i in range(limit)]
         for tid in ids:
+            if cfg.env.alfworld.demo_policy == "explorer":
+                won, turns = explorer.play(env, tid)
+                if won:
+                    out.append((tid, turns))
+                continue
             env.reset(options={"task_id": tid})
             walk = env.walkthrough() or []
             if walk:

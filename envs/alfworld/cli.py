@@ -35,6 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="subset of task types (default: all six)",
     )
     g.add_argument("--workers", type=int, default=2, help="parallel processes (one task type each)")
+    g.add_argument("--max-receptacles", type=int, default=None, help="small rooms: at most K receptacles (default: the full scene)")
+    g.add_argument("--max-distractor-classes", type=int, default=15, help="distractor object classes per room (default 15)")
     g.set_defaults(func=run_generate)
 
     c = asub.add_parser("check", help="replay every game of DIR; prints per-type won/total and 'won N/M'")
@@ -56,6 +58,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--per-type", type=int, default=5)
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--cache-dir", default="~/.cache/stepopsd")
+    e.add_argument("--max-receptacles", type=int, default=None)
+    e.add_argument("--max-distractor-classes", type=int, default=15)
     e.set_defaults(func=run_ensure)
 
 
@@ -69,6 +73,8 @@ def run_generate(args: argparse.Namespace) -> int:
         seed=args.seed,
         task_types=args.task_types,
         workers=args.workers,
+        max_receptacles=args.max_receptacles,
+        max_distractor_classes=args.max_distractor_classes,
     )
     for t, n in sorted(rep.counts().items()):
         print(f"{t:<34} {n}")
@@ -89,5 +95,14 @@ def run_check(args: argparse.Namespace) -> int:
 def run_ensure(args: argparse.Namespace) -> int:
     from envs.alfworld.generate import ensure_games
 
-    print(ensure_games(args.split, per_type=args.per_type, seed=args.seed, cache_dir=args.cache_dir))
+    print(
+        ensure_games(
+            args.split,
+            per_type=args.per_type,
+            seed=args.seed,
+            cache_dir=args.cache_dir,
+            max_receptacles=args.max_receptacles,
+            max_distractor_classes=args.max_distractor_classes,
+        )
+    )
     return 0

@@ -30,6 +30,7 @@ class AlfworldEnv:
         max_steps: int = 50,
         history_window: int = 3,
         cache: GameCache | None = None,
+        repeat_task: bool = False,
     ) -> None:
         if not games:
             raise ValueError("AlfworldEnv needs at least one game")
@@ -37,6 +38,7 @@ class AlfworldEnv:
         self._ids = sorted(self.games)
         self.max_steps = max_steps
         self.history_window = history_window
+        self.repeat_task = repeat_task  # restate the task in every later user message (verl-agent style)
         self.engine = AlfredGame(cache=cache)
         self._entry: GameEntry | None = None
         self._done = True
@@ -82,6 +84,8 @@ class AlfworldEnv:
             invalid = True
             self.invalid_count += 1
             obs = protocol.invalid_observation(turn.error, self.admissible)
+            if self.repeat_task:
+                obs = f"{protocol.TASK_PREFIX}{self.task}\n{obs}"
             self.history.append((self.observation, ""))
             self.observation = f"Invalid response ({turn.error})."
         else:
@@ -92,7 +96,7 @@ class AlfworldEnv:
             self.observation = out.feedback.strip()
             self.admissible = protocol.visible_actions(out.admissible)
             self.won = out.won
-            obs = protocol.step_observation(out.feedback, self.admissible)
+            obs = protocol.step_observation(out.feedback, self.admissible, task=self.task if self.repeat_task else "")
         terminated = self.won
         truncated = not terminated and self.steps >= self.max_steps
         self._done = terminated or truncated

@@ -14,6 +14,11 @@ win); the plan is stored as `walkthrough`, unsolvable or trivial games are dropp
 receptacles a layout lists without a pose (e.g. GarbageCan, StoveBurner) get synthetic poses, and distractor
 objects get 1-2 instances per class (ALFRED's scenes are denser), which keeps planning and resets fast.
 
+Small rooms (`max_receptacles`, `max_distractor_classes`): an option for CPU-scale experiments. The room keeps the
+receptacles the task needs (one of the goal class, the appliance, a lamp holder, one that can hold the target)
+plus random others up to `max_receptacles`; distractor object classes are capped. The task types, goal
+templates, engine and verification are unchanged; such sets are cached under their own name (`-r<k>-d<d>`).
+
 Generation is deterministic for (split, seed, per_type, task types): each task type draws from its own
 string-seeded RNG stream, so parallel workers do not change the result.
 """
@@ -133,7 +138,58 @@ def _targets(task_type: str, scene: T.Scene, rclasses: set[str], rng: random.Ran
     return obj, recep, ""
 
 
-def sample_game(task_type: str, scene_num: int, rng: random.Random, seed_key: str) -> GameSpec | None:
+APPLIANCES = {
+    "pick_clean_then_place_in_recep": "SinkBasin",
+    "pick_heat_then_place_in_recep": "Microwave",
+    "pick_cool_then_place_in_recep": "Fridge",
+}
+
+
+def _shrink_room(
+    receptacles: dict[str, str],
+    task_type: str,
+    obj: str,
+    recep: str,
+    k: int,
+    rng: random.Random,
+) -> dict[str, str] | None:
+    """Keep at most `k` receptacles: the ones the task needs, then random others. None if `k` is too small."""
+    containers = T.containable_by()
+    ids = sorted(receptacles)
+    keep: list[str] = []
+
+    def add_one(pred) -> bool:
+        cands = [r for r in ids if pred(r)]
+        if any(r in keep for r in cands):
+            return True
+        if not cands:
+            return False
+        keep.append(rng.choice(cands))
+        return True
+
+    forbidden = {recep, APPLIANCES.get(task_type, "")}
+    ok = add_one(lambda r: T.receptacle_class(r) not in forbidden and obj in containers[T.receptacle_class(r)])
+    if recep:
+        ok = ok and add_one(lambda r: T.receptacle_class(r) == recep)
+    if task_type in APPLIANCES:
+        ok = ok and add_one(lambda r: T.receptacle_class(r) == APPLIANCES[task_type])
+    if task_type == "look_at_obj_in_light":
+        ok = ok and add_one(lambda r: T.receptacle_class(r) in T.LAMP_RECEPTACLES)
+    if not ok or len(keep) > k:
+        return None
+    others = [r for r in ids if r not in keep]
+    keep += rng.sample(others, min(k - len(keep), len(others)))
+    return {r: receptacles[r] for r in sorted(keep)}
+
+
+def sample_game(
+    task_type: str,
+    scene_num: int,
+    rng: random.Random,
+    seed_key: str,
+    max_receptacles: int | None = None,
+    max_distractor_classes: int = MAX_DISTRACTOR_CLASSES,
+) -> GameSpec | None:
     scene = T.load_scene(scene_num)
     if scene.kind not in T.valid_scene_kinds(task_type):
         return None
@@ -143,6 +199,11 @@ def sample_game(task_type: str, scene_num: int, rng: random.Random, seed_key: st
     if picked is None:
         return None
     obj, recep, toggle = picked
+    if max_receptacles is not None:
+        shrunk = _shrink_room(receptacles, task_type, obj, recep, max_receptacles, rng)
+        if shrunk is None:
+            return None
+        receptacles = shrunk
     containers = T.containable_by()
     by_class: dict[str, list[str]] = {}
     for rid in receptacles:
@@ -173,7 +234,7 @@ def sample_game(task_type: str, scene_num: int, rng: random.Random, seed_key: st
         return True
 
     distractors = [c for c in scene.object_types if c in T.pickupable_classes() and c != obj]
-    distractors = set(rng.sample(distractors, min(MAX_DISTRACTOR_CLASSES, len(distractors))))
+    distractors = set(rng.sample(distractors, min(max_distractor_classes, len(distractors))))
     for cls in scene.object_types:
         if cls != obj and cls not in distractors:
             continue
@@ -185,8 +246,8 @@ def sample_game(task_type: str, scene_num: int, rng: random.Random, seed_key: st
                 return None
         elif allowed:
             place(cls, rng.randint(1, 2), allowed)
-    if toggle:
-        place(toggle, 1, sorted(r for r in receptacles if T.receptacle_class(r) in T.LAMP_RECEPTACLES))
+    if toggle and not place(toggle, 1, sorted(r for r in receptacles if T.receptacle_class(r) in T.LAMP_RECEPTACLES)):
+        return None
 
     locs = set(receptacles.values())
     while True:
@@ -308,9 +369,17 @@ def verify(game_file: Path, plan_ops: list[str], engine) -> list[str] | None:
     return commands if out.won else None
 
 
-def _generate_type(args: tuple[str, str, int, int, str]) -> list[dict]:
+def room_suffix(max_receptacles: int | None, max_distractor_classes: int) -> str:
+    """Cache-name / RNG-key part for small rooms ('' for the default full rooms, so old sets stay valid)."""
+    if max_receptacles is None and max_distractor_classes == MAX_DISTRACTOR_CLASSES:
+        return ""
+    return f"-r{max_receptacles or 0}-d{max_distractor_classes}"
+
+
+def _generate_type(args: tuple) -> list[dict]:
     """Worker: make `per_type` verified games of one task type into `out_dir`; returns their records."""
-    task_type, split, per_type, seed, out_dir = args
+    task_type, split, per_type, seed, out_dir, max_receptacles, max_distractor_classes = args
+    room = room_suffix(max_receptacles, max_distractor_classes)
     import fast_downward
 
     from envs.alfworld.engine import AlfredGame, GameCache
@@ -328,10 +397,10 @@ def _generate_type(args: tuple[str, str, int, int, str]) -> list[dict]:
                 raise RuntimeError(
                     f"could not generate {per_type} {task_type} games for split={split} seed={seed}"
                 )
-            key = f"alfworld-gen/v{GEN_VERSION}/{split}/{seed}/{task_type}/{attempt}"
+            key = f"alfworld-gen/v{GEN_VERSION}{room}/{split}/{seed}/{task_type}/{attempt}"
             attempt += 1
             rng = random.Random(key)
-            spec = sample_game(task_type, rng.choice(scenes), rng, key)
+            spec = sample_game(task_type, rng.choice(scenes), rng, key, max_receptacles, max_distractor_classes)
             if spec is None:
                 continue
             digest = hashlib.sha1(key.encode()).hexdigest()[:8]
@@ -388,6 +457,8 @@ def generate(
     seed: int = 0,
     task_types: list[str] | tuple[str, ...] = T.TASK_TYPES,
     workers: int = 2,
+    max_receptacles: int | None = None,
+    max_distractor_classes: int = MAX_DISTRACTOR_CLASSES,
 ) -> GenerateReport:
     """Write `per_type` planner-verified games per task type to `out/<task>/<trial>/`. Deterministic."""
     if split not in T.SPLITS:
@@ -395,17 +466,29 @@ def generate(
     bad = [t for t in task_types if t not in T.TASK_TYPES]
     if bad:
         raise ValueError(f"unknown task types {bad}; expected a subset of {T.TASK_TYPES}")
+    if max_receptacles is not None and max_receptacles < 2:
+        raise ValueError(f"max_receptacles={max_receptacles}: a task needs at least 2 receptacles")
+    if max_distractor_classes < 0:
+        raise ValueError(f"max_distractor_classes={max_distractor_classes} must be >= 0")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    jobs = [(t, split, per_type, seed, str(out)) for t in task_types]
+    jobs = [(t, split, per_type, seed, str(out), max_receptacles, max_distractor_classes) for t in task_types]
     if workers > 1 and len(jobs) > 1:
         with ProcessPoolExecutor(max_workers=min(workers, len(jobs))) as ex:
             results = list(ex.map(_generate_type, jobs))
     else:
         results = [_generate_type(j) for j in jobs]
     records = [r for rs in results for r in rs]
-    manifest = {"split": split, "per_type": per_type, "seed": seed, "version": GEN_VERSION, "games": records}
+    manifest = {
+        "split": split,
+        "per_type": per_type,
+        "seed": seed,
+        "version": GEN_VERSION,
+        "max_receptacles": max_receptacles,
+        "max_distractor_classes": max_distractor_classes,
+        "games": records,
+    }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
     return GenerateReport(out, records, time.perf_counter() - t0)
 
@@ -417,6 +500,8 @@ def ensure_games(
     cache_dir: str | Path = "~/.cache/stepopsd",
     task_types: list[str] | tuple[str, ...] = T.TASK_TYPES,
     workers: int = 2,
+    max_receptacles: int | None = None,
+    max_distractor_classes: int = MAX_DISTRACTOR_CLASSES,
 ) -> Path:
     """A cached generated game dir for (split, per_type, seed, task types); generated on first use.
 
@@ -429,12 +514,22 @@ def ensure_games(
         else hashlib.sha1(",".join(task_types).encode()).hexdigest()[:8]
     )
     root = Path(cache_dir).expanduser() / "alfworld_games"
-    final = root / f"{split}-n{per_type}-s{seed}-{tt}-v{GEN_VERSION}"
+    room = room_suffix(max_receptacles, max_distractor_classes)
+    final = root / f"{split}-n{per_type}-s{seed}-{tt}-v{GEN_VERSION}{room}"
     if (final / "manifest.json").exists():
         return final
     tmp = root / f".tmp-{final.name}-{random.SystemRandom().randrange(1 << 30):08x}"
     try:
-        generate(tmp, split=split, per_type=per_type, seed=seed, task_types=task_types, workers=workers)
+        generate(
+            tmp,
+            split=split,
+            per_type=per_type,
+            seed=seed,
+            task_types=task_types,
+            workers=workers,
+            max_receptacles=max_receptacles,
+            max_distractor_classes=max_distractor_classes,
+        )
         try:
             tmp.rename(final)
         except OSError:  # another process finished first

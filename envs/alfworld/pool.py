@@ -26,13 +26,20 @@ def games_dir_from_config(cfg, cache_dir: str | Path = "~/.cache/stepopsd", spli
     if configured:
         return Path(configured).expanduser()
     gen_split = "train" if split == "train" else "valid_unseen"
-    return ensure_games(gen_split, per_type=cfg.per_type, seed=GAMES_SEED, cache_dir=cache_dir)
+    return ensure_games(
+        gen_split,
+        per_type=cfg.per_type,
+        seed=GAMES_SEED,
+        cache_dir=cache_dir,
+        max_receptacles=cfg.max_receptacles,
+        max_distractor_classes=cfg.max_distractor_classes,
+    )
 
 
 def env_from_config(cfg, cache_dir: str | Path = "~/.cache/stepopsd", split: str = "train") -> AlfworldEnv:
     """One AlfworldEnv from an `AlfworldEnvConfig` (generating games into `cache_dir` on first use)."""
     games = find_games(games_dir_from_config(cfg, cache_dir, split), cfg.task_types)
-    return AlfworldEnv(games, max_steps=cfg.max_steps, history_window=cfg.history_window)
+    return AlfworldEnv(games, max_steps=cfg.max_steps, history_window=cfg.history_window, repeat_task=cfg.repeat_task)
 
 
 class AlfworldEnvPool(SerialEnvPool):
@@ -40,10 +47,17 @@ class AlfworldEnvPool(SerialEnvPool):
     hindsight come from SerialEnvPool)."""
 
     def __init__(
-        self, games: list[GameEntry], num_envs: int, max_steps: int = 50, history_window: int = 3
+        self,
+        games: list[GameEntry],
+        num_envs: int,
+        max_steps: int = 50,
+        history_window: int = 3,
+        repeat_task: bool = False,
     ) -> None:
         super().__init__(
-            lambda: AlfworldEnv(games, max_steps=max_steps, history_window=history_window, cache=GAME_CACHE),
+            lambda: AlfworldEnv(
+                games, max_steps=max_steps, history_window=history_window, cache=GAME_CACHE, repeat_task=repeat_task
+            ),
             num_envs,
         )
 
@@ -52,7 +66,9 @@ class AlfworldEnvPool(SerialEnvPool):
         cls, cfg, num_envs: int, cache_dir: str | Path = "~/.cache/stepopsd", split: str = "train"
     ) -> AlfworldEnvPool:
         games = find_games(games_dir_from_config(cfg, cache_dir, split), cfg.task_types)
-        return cls(games, num_envs, max_steps=cfg.max_steps, history_window=cfg.history_window)
+        return cls(
+            games, num_envs, max_steps=cfg.max_steps, history_window=cfg.history_window, repeat_task=cfg.repeat_task
+        )
 
     def warmup(self, task_ids: list[str] | None = None) -> None:
         """Compile games ahead of time (parse + translate), so the first rollout step is not slow."""

@@ -112,9 +112,11 @@ def first_user_message(task: str, observation: str, admissible: Sequence[str]) -
     )
 
 
-def step_observation(feedback: str, admissible: Sequence[str]) -> str:
-    """The user message after a turn: engine feedback + current admissible actions."""
-    return f"Observation: {feedback.strip()}\n{format_admissible(admissible)}"
+def step_observation(feedback: str, admissible: Sequence[str], task: str = "") -> str:
+    """The user message after a turn: engine feedback + current admissible actions (+ the task restated first
+    when `task` is given: `env.alfworld.repeat_task`, which keeps the goal next to the decision point)."""
+    head = f"{TASK_PREFIX}{task}\n" if task else ""
+    return f"{head}Observation: {feedback.strip()}\n{format_admissible(admissible)}"
 
 
 def invalid_observation(error: str, admissible: Sequence[str]) -> str:

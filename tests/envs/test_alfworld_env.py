@@ -93,6 +93,26 @@ def test_truncated_at_max_steps(games):
         env.close()
 
 
+def test_repeat_task_restates_the_goal_in_every_later_message(games):
+    env = AlfworldEnv(games, max_steps=5, repeat_task=True)
+    try:
+        first, _ = env.reset(options={"task_id": games[0].task_id})
+        task = env.task
+        assert first.startswith(f"Your task is to: {task}\n\nObservation: ")
+        obs, *_ = env.step(_turn("look"))
+        assert obs.startswith(f"Your task is to: {task}\nObservation: ") and "Admissible actions: [" in obs
+        obs, *_ = env.step("no action tags")
+        assert obs.startswith(f"Your task is to: {task}\nInvalid response (")
+    finally:
+        env.close()
+    plain = AlfworldEnv(games, max_steps=5)
+    try:
+        plain.reset(options={"task_id": games[0].task_id})
+        assert plain.step(_turn("look"))[0].startswith("Observation: ")
+    finally:
+        plain.close()
+
+
 def test_reset_by_seed_and_unknown_task(env, games):
     a = env.reset(seed=7)[1]["task_id"]
     assert a == env.reset(seed=7)[1]["task_id"] and a in env.task_ids()

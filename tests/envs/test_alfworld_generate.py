@@ -129,3 +129,29 @@ def test_ensure_games_generates_once(tmp_path, monkeypatch):
     assert d1 == d2 and calls == ["train"]
     assert [g.task_type for g in find_games(d1)] == ["look_at_obj_in_light"]
     assert not [p for p in (tmp_path / "alfworld_games").iterdir() if p.name.startswith(".tmp")]
+
+
+def test_small_rooms_keep_what_the_task_needs(tmp_path):
+    rep = G.generate(tmp_path, split="train", per_type=2, seed=0, workers=2, max_receptacles=5,
+                     max_distractor_classes=3)
+    assert len(rep.records) == 2 * len(T.TASK_TYPES)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["max_receptacles"] == 5 and manifest["max_distractor_classes"] == 3
+    from envs.alfworld.check import check_dir
+
+    assert check_dir(tmp_path).won == len(rep.records)  # every small-room game is planner-verified and winnable
+    for g in find_games(tmp_path):
+        problem = json.loads(g.game_file.read_text())["pddl_problem"]
+        receps = [ln for ln in problem.splitlines() if ln.strip().endswith("- receptacle") and "?" not in ln]
+        assert 2 <= len(receps) <= 5, g.task_id
+
+
+def test_small_rooms_cache_separately_and_reject_bad_sizes(tmp_path):
+    full = G.ensure_games("train", per_type=1, seed=0, cache_dir=tmp_path, task_types=["look_at_obj_in_light"])
+    small = G.ensure_games("train", per_type=1, seed=0, cache_dir=tmp_path, task_types=["look_at_obj_in_light"],
+                           max_receptacles=4, max_distractor_classes=2)
+    assert full != small and small.name.endswith("-r4-d2")
+    with pytest.raises(ValueError, match="max_receptacles=1"):
+        G.generate(tmp_path / "x", per_type=1, max_receptacles=1)
+    with pytest.raises(ValueError, match="max_distractor_classes=-1"):
+        G.generate(tmp_path / "y", per_type=1, max_distractor_classes=-1)
