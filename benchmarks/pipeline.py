@@ -50,7 +50,9 @@ def run_arm(name: str, extra: list[str], args: argparse.Namespace, model: str, t
             "metrics.ray_metrics=false", "metrics.log_every=1000", "stepopsd.teacher_refresh_every=5", *extra]
     if args.env_adapter:
         over.append(f"env.adapter={args.env_adapter}")
-    cfg = load_config(ROOT / "deploy/configs/alfworld_cpu.yaml", over)
+    if args.ppo_epochs:
+        over.append(f"learner.ppo_epochs={args.ppo_epochs}")
+    cfg = load_config(ROOT / args.config, over)
     load0 = os.getloadavg()[0]
     t0 = time.perf_counter()
     tr = Trainer(cfg)
@@ -87,6 +89,10 @@ def main() -> None:
     ap.add_argument("--model", default="builtin:tiny-qwen2")
     ap.add_argument("--warm-start", default=None, metavar="CONFIG",
                     help="start every arm from this config's cached SFT warm start (overrides --model)")
+    ap.add_argument("--config", default=None,
+                    help="base config (env, model sizes); default: the --warm-start config, else "
+                         "deploy/configs/alfworld_cpu.yaml")
+    ap.add_argument("--ppo-epochs", type=int, default=0, help="learner.ppo_epochs override (0 = the config's)")
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--turns", type=int, default=4)
     ap.add_argument("--max-new-tokens", type=int, default=64)
@@ -95,6 +101,7 @@ def main() -> None:
                     help="env.adapter plugin instead of ALFWorld, e.g. tests.fake_env (random model wins ~half the "
                          "episodes, so the teacher scores nearly every trajectory: the teacher's full cost)")
     args = ap.parse_args()
+    args.config = args.config or args.warm_start or "deploy/configs/alfworld_cpu.yaml"
     model = args.model
     if args.warm_start:
         from services.config import load_config
@@ -108,7 +115,7 @@ def main() -> None:
         run_arm("stepopsd_sync", ["stepopsd.lambda_mix=0.2", "pipeline.max_staleness=0"], args, model, tmp),
     ]
     env = args.env_adapter or "ALFWorld (generated games)"
-    print(f"pipeline benchmark: env {env}, model {model}\n  {args.steps} steps per arm, mode {args.mode}, batch 2 tasks x 4, "
+    print(f"pipeline benchmark: env {env} (config {args.config}), model {model}\n  {args.steps} steps per arm, mode {args.mode}, batch 2 tasks x 4, "
           f"<= {args.turns} turns x {args.max_new_tokens} tokens; medians over steps 2..N")
     print(f"{'arm':<16}{'step s':>8}{'steps/min':>10}{'rollout s':>11}{'score s':>9}{'update s':>10}"
           f"{'teacher cov':>13}{'success':>9}{'gen tok/ep':>11}{'load@start':>12}")

@@ -60,6 +60,7 @@ class AlfworldEnvConfig(_Base):
     games_dir: str | None = Field(None, description="Directory of ALFWorld games (<task>/<trial>/game.tw-pddl); None = generated into the cache on first use.")
     eval_games_dir: str | None = Field(None, description="Held-out games for evaluation; None = generated valid_unseen split.")
     per_type: int = Field(5, ge=1, description="Games per task type when generating.")
+    eval_per_type: int | None = Field(None, ge=1, description="Held-out (valid_unseen) games per task type when generating; None = per_type.")
     task_types: list[str] = Field(
         default_factory=lambda: [
             "pick_and_place_simple", "look_at_obj_in_light", "pick_clean_then_place_in_recep",

@@ -63,6 +63,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.set_defaults(func=run_ensure)
 
 
+def _room(args: argparse.Namespace) -> dict:
+    """Small-room options shared by generate and ensure."""
+    return {"max_receptacles": args.max_receptacles, "max_distractor_classes": args.max_distractor_classes}
+
+
 def run_generate(args: argparse.Namespace) -> int:
     from envs.alfworld.generate import generate
 
@@ -73,8 +78,7 @@ def run_generate(args: argparse.Namespace) -> int:
         seed=args.seed,
         task_types=args.task_types,
         workers=args.workers,
-        max_receptacles=args.max_receptacles,
-        max_distractor_classes=args.max_distractor_classes,
+        **_room(args),
     )
     for t, n in sorted(rep.counts().items()):
         print(f"{t:<34} {n}")
@@ -95,14 +99,5 @@ def run_check(args: argparse.Namespace) -> int:
 def run_ensure(args: argparse.Namespace) -> int:
     from envs.alfworld.generate import ensure_games
 
-    print(
-        ensure_games(
-            args.split,
-            per_type=args.per_type,
-            seed=args.seed,
-            cache_dir=args.cache_dir,
-            max_receptacles=args.max_receptacles,
-            max_distractor_classes=args.max_distractor_classes,
-        )
-    )
+    print(ensure_games(args.split, per_type=args.per_type, seed=args.seed, cache_dir=args.cache_dir, **_room(args)))
     return 0

@@ -26,9 +26,10 @@ def games_dir_from_config(cfg, cache_dir: str | Path = "~/.cache/stepopsd", spli
     if configured:
         return Path(configured).expanduser()
     gen_split = "train" if split == "train" else "valid_unseen"
+    per_type = cfg.per_type if split == "train" else (cfg.eval_per_type or cfg.per_type)
     return ensure_games(
         gen_split,
-        per_type=cfg.per_type,
+        per_type=per_type,
         seed=GAMES_SEED,
         cache_dir=cache_dir,
         max_receptacles=cfg.max_receptacles,

@@ -246,6 +246,18 @@ def test_env_from_config_uses_games_dir(games_dir):
         env.close()
 
 
+def test_generated_sets_follow_per_type_eval_per_type_and_room_size(tmp_path):
+    from envs.alfworld.pool import games_dir_from_config
+    from services.config import AlfworldEnvConfig
+
+    cfg = AlfworldEnvConfig(per_type=2, eval_per_type=1, task_types=["look_at_obj_in_light"],
+                            max_receptacles=4, max_distractor_classes=2)
+    train = find_games(games_dir_from_config(cfg, tmp_path, "train"), cfg.task_types)
+    held = find_games(games_dir_from_config(cfg, tmp_path, "eval"), cfg.task_types)
+    assert len(train) == 2 and len(held) == 1
+    assert games_dir_from_config(cfg, tmp_path, "eval").name.endswith("-r4-d2")
+
+
 @pytest.mark.slow
 def test_expert_policy_runs(games_dir):
     """alfworld's hand-coded expert is a heuristic: it must run without errors and win most games."""
