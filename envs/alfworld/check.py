@@ -86,20 +86,39 @@ def play_expert(engine: AlfredGame, game: GameEntry, max_steps: int = 50, seed: 
     return False, max_steps
 
 
+def play_explorer(game: GameEntry, max_steps: int = 50) -> tuple[bool, int]:
+    """Our observation-only explorer (envs/alfworld/explorer.py) through the agent env."""
+    from envs.alfworld.env import AlfworldEnv
+    from envs.alfworld.explorer import play
+
+    env = AlfworldEnv([game], max_steps=max_steps, cache=GAME_CACHE)
+    try:
+        won, turns = play(env, game.task_id)
+    finally:
+        env.close()
+    return won, len(turns)
+
+
+POLICIES = ("walkthrough", "expert", "explorer")
+
+
 def check_dir(
     root: str | Path, policy: str = "walkthrough", max_steps: int = 50, verbose: bool = False
 ) -> CheckReport:
-    if policy not in ("walkthrough", "expert"):
-        raise ValueError(f"policy must be 'walkthrough' or 'expert', got {policy!r}")
+    if policy not in POLICIES:
+        raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
     games = find_games(root)
     engine = AlfredGame(cache=GAME_CACHE)  # process-wide compiled games: re-checks are cheap
     rep = CheckReport()
     t0 = time.perf_counter()
     try:
         for g in games:
-            won, n = (
-                play_walkthrough(engine, g) if policy == "walkthrough" else play_expert(engine, g, max_steps)
-            )
+            if policy == "walkthrough":
+                won, n = play_walkthrough(engine, g)
+            elif policy == "expert":
+                won, n = play_expert(engine, g, max_steps)
+            else:
+                won, n = play_explorer(g, max_steps)
             wt = rep.per_type.setdefault(g.task_type, [0, 0])
             wt[0] += won
             wt[1] += 1

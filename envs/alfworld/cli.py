@@ -43,11 +43,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("dir", help="games directory (ours, or e.g. a downloaded json_2.1.1/train)")
     c.add_argument(
         "--policy",
-        choices=["walkthrough", "expert"],
+        choices=["walkthrough", "expert", "explorer"],
         default="walkthrough",
-        help="replay the stored walkthrough, or alfworld's hand-coded expert",
+        help="replay the stored walkthrough, alfworld's hand-coded expert, or our observation-only explorer",
     )
-    c.add_argument("--max-steps", type=int, default=50, help="step limit for the expert policy")
+    c.add_argument("--max-steps", type=int, default=50, help="step limit for the expert / explorer policy")
     c.add_argument("-v", "--verbose", action="store_true", help="one line per game")
     c.set_defaults(func=run_check)
 

@@ -68,3 +68,15 @@ def test_explorer_searches_when_the_object_is_not_in_view():
     assert a == "open fridge 1"
     a, _ = ex.act("You open the fridge 1.", ["move apple 2 to fridge 1", "go to cabinet 1", "look"])
     assert a == "move apple 2 to fridge 1"
+
+
+def test_check_cli_runs_the_explorer(small_games, capsys):
+    from services.cli import main
+
+    root = small_games[0].game_file.parents[2]
+    assert main(["alfworld", "check", str(root), "--policy", "explorer"]) == 0
+    assert f"won {len(small_games)}/{len(small_games)}" in capsys.readouterr().out
+    from envs.alfworld.check import check_dir
+
+    with pytest.raises(ValueError, match="policy must be one of"):
+        check_dir(root, policy="oracle")
