@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     n_eval = args.eval_episodes or _eval_tasks(base_cfg)
     t_all = time.perf_counter()
     results: dict[str, dict[int, Any]] = {}
-    before = evaluate(base_cfg, base_path, n_eval, split="eval", temperature=0.0)
+    before = evaluate(base_cfg, base_path, n_eval, split="eval", engine=base_cfg.rollout.engine, temperature=0.0)
     print(f"warm start {base_path}: held-out success {before['success_rate']:.3f} ({n_eval} episodes)")
     for arm in args.arms.split(","):
         results[arm] = {}
@@ -104,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
             _shutdown(tr)
             wall = time.perf_counter() - t0
             hf = export_hf(run_dir / "checkpoints" / f"step_{cfg.run.steps}", base_path, run_dir / "final_hf")
-            ev = evaluate(cfg, hf, n_eval, split="eval", temperature=0.0)
+            ev = evaluate(cfg, hf, n_eval, split="eval", engine=cfg.rollout.engine, temperature=0.0)
             rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
             results[arm][seed] = {"eval": ev, "train_seconds": wall, "curve": [
                 {k: r[k] for k in ("step", "success_rate", "delta_std", "adv_var", "adv_hat_var", "lam")} for r in rows]}
