@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from envs.alfworld.engine import GAME_CACHE, AlfredGame
+from envs.alfworld.env import AlfworldEnv
 from envs.alfworld.games import GameEntry, find_games
 
 
@@ -86,16 +87,11 @@ def play_expert(engine: AlfredGame, game: GameEntry, max_steps: int = 50, seed: 
     return False, max_steps
 
 
-def play_explorer(game: GameEntry, max_steps: int = 50) -> tuple[bool, int]:
+def play_explorer(env: AlfworldEnv, game: GameEntry) -> tuple[bool, int]:
     """Our observation-only explorer (envs/alfworld/explorer.py) through the agent env."""
-    from envs.alfworld.env import AlfworldEnv
     from envs.alfworld.explorer import play
 
-    env = AlfworldEnv([game], max_steps=max_steps, cache=GAME_CACHE)
-    try:
-        won, turns = play(env, game.task_id)
-    finally:
-        env.close()
+    won, turns = play(env, game.task_id)
     return won, len(turns)
 
 
@@ -109,6 +105,8 @@ def check_dir(
         raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
     games = find_games(root)
     engine = AlfredGame(cache=GAME_CACHE)  # process-wide compiled games: re-checks are cheap
+    # the explorer plays through one agent env over all games (it wraps its own engine)
+    env = AlfworldEnv(games, max_steps=max_steps, cache=GAME_CACHE) if policy == "explorer" and games else None
     rep = CheckReport()
     t0 = time.perf_counter()
     try:
@@ -118,7 +116,8 @@ def check_dir(
             elif policy == "expert":
                 won, n = play_expert(engine, g, max_steps)
             else:
-                won, n = play_explorer(g, max_steps)
+                assert env is not None
+                won, n = play_explorer(env, g)
             wt = rep.per_type.setdefault(g.task_type, [0, 0])
             wt[0] += won
             wt[1] += 1
@@ -129,5 +128,7 @@ def check_dir(
                 print(f"{'won ' if won else 'LOST'} {n:3d} steps  {g.task_id}", flush=True)
     finally:
         engine.close()
+        if env is not None:
+            env.close()
     rep.seconds = time.perf_counter() - t0
     return rep

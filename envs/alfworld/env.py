@@ -79,13 +79,12 @@ class AlfworldEnv:
         if self._entry is None or self._done:
             raise RuntimeError("AlfworldEnv.step() called before reset() or after the episode ended")
         turn = protocol.parse_turn(turn_text)
+        task = self.task if self.repeat_task else ""  # restated in the reply only with repeat_task
         self.steps += 1
         if not turn.valid:
             invalid = True
             self.invalid_count += 1
-            obs = protocol.invalid_observation(turn.error, self.admissible)
-            if self.repeat_task:
-                obs = f"{protocol.TASK_PREFIX}{self.task}\n{obs}"
+            obs = protocol.invalid_observation(turn.error, self.admissible, task=task)
             self.history.append((self.observation, ""))
             self.observation = f"Invalid response ({turn.error})."
         else:
@@ -96,7 +95,7 @@ class AlfworldEnv:
             self.observation = out.feedback.strip()
             self.admissible = protocol.visible_actions(out.admissible)
             self.won = out.won
-            obs = protocol.step_observation(out.feedback, self.admissible, task=self.task if self.repeat_task else "")
+            obs = protocol.step_observation(out.feedback, self.admissible, task=task)
         terminated = self.won
         truncated = not terminated and self.steps >= self.max_steps
         self._done = terminated or truncated

@@ -21,12 +21,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-APPLIANCE = {"clean": "sinkbasin", "heat": "microwave", "cool": "fridge"}
-TRANSFORM = {
-    "pick_clean_then_place_in_recep": "clean",
-    "pick_heat_then_place_in_recep": "heat",
-    "pick_cool_then_place_in_recep": "cool",
-}
+from envs.alfworld.tasks import TRANSFORMS
 
 
 def task_classes(task_id: str) -> tuple[str, str, str]:
@@ -106,7 +101,8 @@ class Explorer:
         """(action, short thought) for the current observation and admissible actions."""
         self.observe(observation, admissible)
         o, t = self.obj, self.target
-        verb = TRANSFORM.get(self.task_type)
+        tf = TRANSFORMS.get(self.task_type)
+        verb, appliance = (tf.verb, tf.appliance.lower()) if tf else ("", "")
         if not self.holding:
             takes = [
                 a
@@ -117,20 +113,20 @@ class Explorer:
                 self.holding = takes[0].split(" from ")[0][len("take ") :]
                 self.visited.clear()
                 return takes[0], f"Found the {o}; take it."
-            skip = {t, APPLIANCE.get(verb or "", "")} if self.task_type != "look_at_obj_in_light" else set()
+            skip = {t, appliance} if self.task_type != "look_at_obj_in_light" else set()
             return self._search(admissible, o, skip - {""})
         if verb and not self.transformed:
-            cmd = f"{verb} {self.holding} with {APPLIANCE[verb]}"
+            cmd = f"{verb} {self.holding} with {appliance}"
             use = [a for a in admissible if a.startswith(cmd)]
             if use:
                 self.transformed = True
                 self.visited.clear()
-                return use[0], f"{verb.capitalize()} the {o} with the {APPLIANCE[verb]}."
-            go = next((f"go to {r}" for r in self.order if r.startswith(APPLIANCE[verb] + " ")), None)
+                return use[0], f"{verb.capitalize()} the {o} with the {appliance}."
+            go = next((f"go to {r}" for r in self.order if r.startswith(appliance + " ")), None)
             if go and go in admissible:
                 self.here = go[len("go to ") :]
-                return go, f"The {o} must be {_adjective(verb)}: go to the {APPLIANCE[verb]}."
-            return self._search(admissible, APPLIANCE[verb], set())
+                return go, f"The {o} must be {_adjective(verb)}: go to the {appliance}."
+            return self._search(admissible, appliance, set())
         if self.task_type == "look_at_obj_in_light":
             use = [a for a in admissible if re.match(rf"^use {re.escape(t)} \d+$", a)]
             if use:

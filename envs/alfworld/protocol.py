@@ -112,15 +112,20 @@ def first_user_message(task: str, observation: str, admissible: Sequence[str]) -
     )
 
 
+def _task_head(task: str) -> str:
+    """The task restated at the top of a later user message (`env.alfworld.repeat_task`), or nothing."""
+    return f"{TASK_PREFIX}{task}\n" if task else ""
+
+
 def step_observation(feedback: str, admissible: Sequence[str], task: str = "") -> str:
     """The user message after a turn: engine feedback + current admissible actions (+ the task restated first
     when `task` is given: `env.alfworld.repeat_task`, which keeps the goal next to the decision point)."""
-    head = f"{TASK_PREFIX}{task}\n" if task else ""
-    return f"{head}Observation: {feedback.strip()}\n{format_admissible(admissible)}"
+    return f"{_task_head(task)}Observation: {feedback.strip()}\n{format_admissible(admissible)}"
 
 
-def invalid_observation(error: str, admissible: Sequence[str]) -> str:
+def invalid_observation(error: str, admissible: Sequence[str], task: str = "") -> str:
     return (
+        f"{_task_head(task)}"
         f"Invalid response ({error}). Reply with <think>...</think><action>one admissible action</action>.\n"
         f"{format_admissible(admissible)}"
     )

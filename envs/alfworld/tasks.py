@@ -35,6 +35,22 @@ LAMPS = ("DeskLamp", "FloorLamp")
 # Receptacle classes whose ids in ALFRED carry a basin suffix ("Sink|x|y|z|SinkBasin").
 BASINS = {"Sink": "SinkBasin", "Bathtub": "BathtubBasin"}
 
+
+@dataclass(frozen=True)
+class Transform:
+    """What a clean / heat / cool task asks: the verb, the object property it needs, the appliance class."""
+
+    verb: str
+    prop: str
+    appliance: str
+
+
+TRANSFORMS = {
+    "pick_clean_then_place_in_recep": Transform("clean", "Cleanable", "SinkBasin"),
+    "pick_heat_then_place_in_recep": Transform("heat", "Heatable", "Microwave"),
+    "pick_cool_then_place_in_recep": Transform("cool", "Coolable", "Fridge"),
+}
+
 # Types the alfred.pddl domain refers to as constants; every problem must declare them.
 REQUIRED_RTYPES = ("SinkBasin", "Microwave", "Fridge")
 REQUIRED_OTYPES = ("Knife", "ButterKnife")

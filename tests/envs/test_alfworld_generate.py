@@ -8,6 +8,7 @@ import random
 import pytest
 
 from envs.alfworld import generate as G
+from envs.alfworld import sampling as S
 from envs.alfworld import tasks as T
 from envs.alfworld.games import find_games
 
@@ -80,7 +81,7 @@ def test_sampled_games_respect_alfred_pairing_rules(task_type):
     n = 0
     for i in range(60):
         rng = random.Random(f"test/{task_type}/{i}")
-        spec = G.sample_game(task_type, rng.choice(scenes), rng, "k")
+        spec = S.sample_game(task_type, rng.choice(scenes), rng, "k")
         if spec is None:
             continue
         n += 1
