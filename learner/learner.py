@@ -3,7 +3,10 @@
 One `update(scored)` = `ppo_epochs` passes of PPO-clip (learner/losses.py) over the batch's generated
 tokens with the shaped advantages A^, micro-batched to bound memory, gradient-norm clipped, one optimizer
 step per pass. Micro-batch losses are scaled so their gradients sum to exactly the full-batch loss's
-gradient for either aggregation. After the update the policy version is incremented; weights are handed
+gradient for either aggregation. Rows whose shaped advantages are all zero on their generated tokens (a GRPO
+group that all failed or all won, no teacher shaping) contribute an exactly-zero gradient when there is no KL
+term, so they are not forwarded at all (`skip_zero_advantage`); parameters left without a gradient get a zero
+one, so the optimizer step is the same as if they had been computed. After the update the policy version is incremented; weights are handed
 out as a CPU state dict (the driver puts it in the object store, versioned).
 """
 
@@ -37,7 +40,7 @@ class Learner:
     def __init__(self, model: nn.Module, *, lr: float, weight_decay: float = 0.0, ppo_clip: float = 0.2,
                  ppo_clip_high: float | None = None, kl_coef: float = 0.0, aggregation: str = "token_mean",
                  grad_clip: float = 1.0, micro_batch_size: int = 4, ppo_epochs: int = 1,
-                 ref_model: nn.Module | None = None) -> None:
+                 ref_model: nn.Module | None = None, skip_zero_advantage: bool = True) -> None:
         if kl_coef > 0 and ref_model is None:
             raise ValueError("kl_coef > 0 needs a ref_model")
         self.model = model
@@ -47,6 +50,7 @@ class Learner:
         self.ppo_clip, self.ppo_clip_high, self.kl_coef = ppo_clip, ppo_clip_high, kl_coef
         self.aggregation, self.grad_clip = aggregation, grad_clip
         self.micro_batch_size, self.ppo_epochs = micro_batch_size, ppo_epochs
+        self.skip_zero_advantage = skip_zero_advantage
         self.version = 0
 
     def update(self, scored: ScoredBatch) -> dict[str, float]:
@@ -54,19 +58,28 @@ class Learner:
         traj = scored.traj
         mask = traj.generated_mask  # (B, T)
         attn = traj.attention_mask  # (B, T)
-        B = traj.batch_size
         n_tok = max(int(mask.sum()), 1)
         n_rows = max(int((mask.sum(-1) > 0).sum()), 1)
+        train_rows = mask.any(-1)  # (B,) rows with generated tokens
+        if self.skip_zero_advantage and self.kl_coef == 0:
+            # (B,) rows with some nonzero A^ on a generated token; the others' PPO loss is 0 for any logp
+            train_rows = train_rows & ((scored.shaped_advantages != 0) & mask).any(-1)
+        rows = torch.nonzero(train_rows).flatten()  # (n_train,) rows that are forwarded
+        skipped = int(mask.any(-1).sum()) - len(rows)
         self.model.train()
-        totals: dict[str, float] = {}
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        fwd = mask[rows]  # (n_train, T) generated tokens that are forwarded
+        n_fwd_tok, n_fwd_rows = max(int(fwd.sum()), 1), max(len(rows), 1)
+        # loss/pg_loss are the full-batch values (skipped rows add exactly 0); the PPO diagnostics are means
+        # over the forwarded rows (a zero-advantage row's ratio says nothing about the update)
+        totals: dict[str, float] = {"loss": 0.0, "pg_loss": 0.0}
+        diag = {"clip_frac": 0.0, "approx_kl": 0.0, "kl": 0.0, "ratio_mean": 1.0 if not len(rows) else 0.0}
         grad_norm = 0.0
         for _ in range(self.ppo_epochs):
             self.optimizer.zero_grad(set_to_none=True)
-            for s in range(0, B, self.micro_batch_size):
-                sl = slice(s, min(B, s + self.micro_batch_size))
+            for s in range(0, len(rows), self.micro_batch_size):
+                sl = rows[s:s + self.micro_batch_size]  # (b,) row indices of this micro-batch
                 m = mask[sl]
-                if not bool(m.any()):
-                    continue
                 T_mb = int(attn[sl].sum(-1).max())  # trim right padding of this micro-batch
                 ids, am, m = traj.input_ids[sl, :T_mb], attn[sl, :T_mb], m[:, :T_mb]
                 logp = token_logprobs(self.model, ids, am)
@@ -78,18 +91,25 @@ class Learner:
                     logp, traj.behaviour_logp[sl, :T_mb], scored.shaped_advantages[sl, :T_mb], m,
                     clip_eps=self.ppo_clip, clip_eps_high=self.ppo_clip_high, aggregation=self.aggregation,
                     ref_logp=ref, kl_coef=self.kl_coef)
-                scale = (int(m.sum()) / n_tok) if self.aggregation == "token_mean" else (int((m.sum(-1) > 0).sum()) / n_rows)
+                tok = self.aggregation == "token_mean"
+                scale = (int(m.sum()) / n_tok) if tok else (int((m.sum(-1) > 0).sum()) / n_rows)
                 (loss * scale).backward()
-                totals["loss"] = totals.get("loss", 0.0) + float(loss.detach()) * scale
+                totals["loss"] += float(loss.detach()) * scale
+                totals["pg_loss"] += st.pop("pg_loss") * scale
+                d_scale = (int(m.sum()) / n_fwd_tok) if tok else (int((m.sum(-1) > 0).sum()) / n_fwd_rows)
                 for k, v in st.items():
-                    totals[k] = totals.get(k, 0.0) + v * scale
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(
-                [p for p in self.model.parameters() if p.requires_grad], self.grad_clip))
+                    diag[k] = diag.get(k, 0.0) + v * d_scale
+            for p in params:
+                if p.grad is None:  # nothing was forwarded: a zero gradient, same optimizer step as computing it
+                    p.grad = torch.zeros_like(p)
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, self.grad_clip))
             self.optimizer.step()
         self.version += 1
         out = {k: v / self.ppo_epochs for k, v in totals.items()}
+        out.update({k: v / self.ppo_epochs if len(rows) else v for k, v in diag.items()})
         out["grad_norm"] = grad_norm
         out["trained_tokens"] = float(n_tok)
+        out["skipped_rows"] = float(skipped)
         return out
 
     def get_weights(self) -> dict[str, torch.Tensor]:

@@ -55,66 +55,100 @@ def _eval_tasks(cfg: Any) -> int:
     return len(_adapter(cfg).make_pool(cfg, 1, split="eval").task_ids())
 
 
-def alpha_table(run_dir: Path, alphas: list[float]) -> list[dict[str, float]]:
-    """Reshape the last pending-free scored batch stats again with several alpha (lam fixed at 1 to show
-    the full range of the weights). Uses the teacher log-probs stored with the final checkpoint's batches
-    when present, else the run's metrics (reported alpha only)."""
+def alpha_table(run_dirs: list[Path], alphas: list[float]) -> list[dict[str, float]]:
+    """Reshape each run's recorded probe batch (the StepOPSD batch with the most shaped tokens) again with
+    several alpha_clip, lam fixed at 1 to show the full range of the weights; rows are means over the probes."""
     import torch
 
     from learner.stepopsd import shape_advantages
 
-    path = run_dir / "alpha_probe.pt"
-    if not path.exists():
+    probes = [torch.load(d / "alpha_probe.pt", weights_only=False) for d in run_dirs if (d / "alpha_probe.pt").exists()]
+    if not probes:
         return []
-    d = torch.load(path, weights_only=False)
     rows = []
     for a in alphas:
-        adv_hat, st = shape_advantages(d["adv"], d["logp_s"], d["logp_t"], d["mask"], d["steps"], lam=1.0, alpha=a,
-                                       credit_budget=d["budget"], token_mask=d["gen"])
-        diff = (adv_hat - d["adv"])[d["gen"]]
-        rows.append({"alpha": a, "adv_var": st["adv_var"], "adv_hat_var": st["adv_hat_var"],
-                     "shaping_var": float(diff.var(correction=0)) if diff.numel() else 0.0,
-                     "clip_frac": st["clip_frac"]})
+        acc: dict[str, list[float]] = {}
+        for d in probes:
+            adv_hat, st = shape_advantages(d["adv"], d["logp_s"], d["logp_t"], d["mask"], d["steps"], lam=1.0,
+                                           alpha=a, credit_budget=d["budget"], token_mask=d["gen"])
+            diff = (adv_hat - d["adv"])[d["gen"]]
+            for k, v in (("adv_var", st["adv_var"]), ("adv_hat_var", st["adv_hat_var"]), ("clip_frac", st["clip_frac"]),
+                         ("shaping_var", float(diff.var(correction=0)) if diff.numel() else 0.0)):
+                acc.setdefault(k, []).append(float(v))
+        rows.append({"alpha": a, "probes": len(probes), **{k: statistics.mean(v) for k, v in acc.items()}})
     return rows
+
+
+def _fingerprint(cfg: Any) -> str:
+    import hashlib
+
+    return hashlib.sha256(json.dumps(cfg.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def run_one(cfg: Any, arm: str, base_path: Path, n_eval: int) -> dict[str, Any]:
+    """Train one (arm, seed) run and evaluate its final policy; the result is kept in the run dir
+    (result.json) and reused when the same resolved config is asked for again (an interrupted experiment
+    resumes at the first run without a result)."""
+    from services.sft import evaluate
+    from services.train import Trainer
+
+    run_dir = Path(cfg.run.dir)
+    saved = run_dir / "result.json"
+    fp = _fingerprint(cfg)
+    if saved.exists():
+        res = json.loads(saved.read_text())
+        if res.get("fingerprint") == fp:
+            return res
+    t0 = time.perf_counter()
+    tr = Trainer(cfg)
+    tr.alpha_probe = arm == "stepopsd"
+    run_dir = tr.run()
+    _shutdown(tr)
+    wall = time.perf_counter() - t0
+    hf = export_hf(run_dir / "checkpoints" / f"step_{cfg.run.steps}", base_path, run_dir / "final_hf")
+    ev = evaluate(cfg, hf, n_eval, split="eval", engine=cfg.rollout.engine, temperature=0.0)
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    res = {"fingerprint": fp, "eval": ev, "train_seconds": wall, "curve": [
+        {k: r[k] for k in ("step", "success_rate", "delta_std", "adv_var", "adv_hat_var", "lam")} for r in rows]}
+    saved.write_text(json.dumps(res, indent=1))
+    return res
 
 
 def run(args: argparse.Namespace) -> int:
     from services.config import load_config
     from services.sft import evaluate
-    from services.train import Trainer, policy_model_path
+    from services.train import policy_model_path
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    arms = args.arms.split(",")
+    for arm in arms:
+        if arm not in ARMS:
+            raise SystemExit(f"--arms: unknown arm {arm!r}; known: {', '.join(ARMS)}")
     base_cfg = load_config(args.config, args.overrides)
     base_path = Path(policy_model_path(base_cfg))  # the shared SFT warm start (trained once, cached)
     n_eval = args.eval_episodes or _eval_tasks(base_cfg)
     t_all = time.perf_counter()
-    results: dict[str, dict[int, Any]] = {}
+    results: dict[str, dict[int, Any]] = {arm: {} for arm in arms}
     before = evaluate(base_cfg, base_path, n_eval, split="eval", engine=base_cfg.rollout.engine, temperature=0.0)
     print(f"warm start {base_path}: held-out success {before['success_rate']:.3f} ({n_eval} episodes)")
-    for arm in args.arms.split(","):
-        results[arm] = {}
-        for seed in range(args.seeds):
+    report: dict[str, Any] = {}
+    for seed in range(args.seeds):  # seeds outer: a partial report always compares the arms on the same seeds
+        for arm in arms:
             cfg = load_config(args.config, [*args.overrides, *ARMS[arm], f"run.seed={seed}",
                                             f"run.dir={out / f'{arm}_s{seed}'}", f"run.name={arm}_s{seed}"])
-            t0 = time.perf_counter()
-            tr = Trainer(cfg)
-            tr.alpha_probe = arm == "stepopsd" and seed == 0
-            run_dir = tr.run()
-            _shutdown(tr)
-            wall = time.perf_counter() - t0
-            hf = export_hf(run_dir / "checkpoints" / f"step_{cfg.run.steps}", base_path, run_dir / "final_hf")
-            ev = evaluate(cfg, hf, n_eval, split="eval", engine=cfg.rollout.engine, temperature=0.0)
-            rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-            results[arm][seed] = {"eval": ev, "train_seconds": wall, "curve": [
-                {k: r[k] for k in ("step", "success_rate", "delta_std", "adv_var", "adv_hat_var", "lam")} for r in rows]}
-            print(f"[{arm} seed {seed}] held-out success {ev['success_rate']:.3f} | train {wall:.0f}s | "
-                  f"last-5 train success {statistics.mean(r['success_rate'] for r in rows[-5:]):.3f}")
-    report = {"config": args.config, "overrides": args.overrides, "seeds": args.seeds, "eval_episodes": n_eval,
-              "warm_start": str(base_path), "warm_start_eval": before, "results": results,
-              "alpha_table": alpha_table(out / "stepopsd_s0", [0.05, 0.1, 0.2, 0.5, 0.9]),
-              "wall_seconds": time.perf_counter() - t_all}
-    (out / "results.json").write_text(json.dumps(report, indent=1, default=str))
+            res = results[arm][seed] = run_one(cfg, arm, base_path, n_eval)
+            last = res["curve"][-5:]
+            print(f"[{arm} seed {seed}] held-out success {res['eval']['success_rate']:.3f} | train "
+                  f"{res['train_seconds']:.0f}s | last-5 train success "
+                  f"{statistics.mean(r['success_rate'] for r in last):.3f}", flush=True)
+            report = {"config": args.config, "overrides": args.overrides, "seeds": seed + 1,
+                      "complete": seed + 1 == args.seeds and arm == arms[-1], "eval_episodes": n_eval,
+                      "warm_start": str(base_path), "warm_start_eval": before, "results": results,
+                      "alpha_table": alpha_table([out / f"stepopsd_s{s}" for s in range(seed + 1)],
+                                                 [0.05, 0.1, 0.2, 0.5, 0.9]) if "stepopsd" in arms else [],
+                      "wall_seconds": time.perf_counter() - t_all}
+            (out / "results.json").write_text(json.dumps(report, indent=1, default=str))  # partial reports too
     md = render_markdown(report)
     (out / "results.md").write_text(md)
     plot_curves(results, out / "curves.png")
@@ -142,7 +176,8 @@ def render_markdown(rep: dict[str, Any]) -> str:
     res = rep["results"]
     types = sorted({t for arm in res.values() for r in arm.values() for t in r["eval"]["success_by_type"]})
     lines = [f"Held-out success (greedy, {rep['eval_episodes']} episodes per run), mean ± std over "
-             f"{rep['seeds']} seeds. Warm start alone: {rep['warm_start_eval']['success_rate']:.3f}.", "",
+             f"{rep['seeds']} seeds. Warm start alone: {rep['warm_start_eval']['success_rate']:.3f}."
+             + ("" if rep.get("complete", True) else " PARTIAL: the experiment was interrupted."), "",
              "| arm | all | " + " | ".join(types) + " | train s/run |",
              "|---|---|" + "---|" * len(types) + "---|"]
     for arm, runs in res.items():
@@ -151,7 +186,8 @@ def render_markdown(rep: dict[str, Any]) -> str:
         secs = statistics.mean(r["train_seconds"] for r in runs.values())
         lines.append(f"| {arm} | {_ms(allv)} | " + " | ".join(per) + f" | {secs:.0f} |")
     if rep.get("alpha_table"):
-        lines += ["", "alpha_clip effect (one recorded StepOPSD batch reshaped with lambda = 1):", "",
+        lines += ["", f"alpha_clip effect (per StepOPSD run, its batch with the most shaped tokens reshaped with "
+                      f"lambda = 1; mean over {rep['alpha_table'][0].get('probes', 1)} runs):", "",
                   "| alpha_clip | Var(A) | Var(Â) | Var(Â − A) | clip frac |", "|---|---|---|---|---|"]
         for r in rep["alpha_table"]:
             lines.append(f"| {r['alpha']} | {r['adv_var']:.4f} | {r['adv_hat_var']:.4f} | {r['shaping_var']:.6f} | "

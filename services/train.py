@@ -76,7 +76,8 @@ class Trainer:
         self.lookahead = min(cfg.pipeline.max_staleness, cfg.pipeline.rollout_queue_size - 1)
         self.history: list[dict[str, Any]] = []
         self.metrics: Any = None
-        self.alpha_probe = False  # experiment: keep the last scored batch's tensors for the alpha_clip table
+        self.alpha_probe = False  # experiment: keep the most-shaped scored batch's tensors for the alpha_clip table
+        self._probe_shaped = 0.0
 
     # ---------------------------------------------------------------- construction
     def _log(self, msg: str) -> None:
@@ -243,8 +244,9 @@ class Trainer:
                 score_stats = _get(self.teacher.call("score_stats", s_ref), self.remote)
                 self.schedule.observe(n, score_stats.get("delta_std") if score_stats.get("shaped_tokens") else None)
                 u_ref = self.learner.call("update", s_ref)
-                if self.alpha_probe and n == steps - 1:
-                    self._save_alpha_probe(_get(s_ref, self.remote))
+                if self.alpha_probe and score_stats.get("shaped_tokens", 0.0) > self._probe_shaped:
+                    self._probe_shaped = float(score_stats["shaped_tokens"])
+                    self._save_alpha_probe(_get(s_ref, self.remote), n + 1)
                 # overlap: score the next batch (already rolled out or rolling) while the learner updates
                 if n + 1 < steps and (n + 1) in rollouts:
                     lam1, alpha1 = self.schedule.current(n + 1)
@@ -285,8 +287,8 @@ class Trainer:
             self.metrics.close()
         return self.run_dir
 
-    def _save_alpha_probe(self, sb: Any) -> None:
-        torch.save({"adv": sb.advantages, "logp_s": sb.traj.behaviour_logp, "logp_t": sb.teacher_logp,
+    def _save_alpha_probe(self, sb: Any, step: int) -> None:
+        torch.save({"step": step, "shaped_tokens": self._probe_shaped, "adv": sb.advantages, "logp_s": sb.traj.behaviour_logp, "logp_t": sb.teacher_logp,
                     "mask": sb.shape_mask, "steps": sb.traj.step_ids, "gen": sb.traj.generated_mask,
                     "budget": self.cfg.stepopsd.credit_budget}, self.run_dir / "alpha_probe.pt")
 
@@ -301,7 +303,7 @@ class Trainer:
         row.update({k: v for k, v in bm.items() if k != "success_by_type"})
         row["success_by_type"] = bm["success_by_type"]
         row.update({k: float(s_stats.get(k, 0.0)) for k in STAT_KEYS})  # clip_frac here: weights at the clip
-        row.update({k: float(upd[k]) for k in ("loss", "grad_norm", "approx_kl", "kl") if k in upd})
+        row.update({k: float(upd[k]) for k in ("loss", "grad_norm", "approx_kl", "kl", "skipped_rows") if k in upd})
         row["ppo_clip_frac"] = float(upd.get("clip_frac", 0.0))  # PPO ratio clipping
         row.update({
             "policy_version": n + 1, "batch_policy_version": traj.policy_version, "staleness": n - traj.policy_version,

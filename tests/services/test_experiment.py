@@ -1,0 +1,80 @@
+"""services/experiment.py: alpha_clip table from recorded probes, per-run results reused, report rendering."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from services import experiment
+from services.config import load_config
+
+
+def _probe(path: Path, delta: float) -> None:
+    # one trajectory, A = 1 on 2 generated tokens of one step; the teacher is `delta` nats above the student
+    # on the first token and equal on the second
+    path.mkdir(parents=True)
+    torch.save({"step": 1, "shaped_tokens": 2.0, "adv": torch.tensor([[0.0, 1.0, 1.0]]),
+                "logp_s": torch.tensor([[0.0, -1.0, -1.0]]), "logp_t": torch.tensor([[0.0, -1.0 + delta, -1.0]]),
+                "mask": torch.tensor([[False, True, True]]), "steps": torch.tensor([[-1, 0, 0]]),
+                "gen": torch.tensor([[False, True, True]]), "budget": "none"}, path / "alpha_probe.pt")
+
+
+def test_alpha_table_means_over_probes_and_clipping_bounds_the_shaping(tmp_path: Path) -> None:
+    _probe(tmp_path / "a", 2.0)
+    _probe(tmp_path / "b", 4.0)
+    rows = experiment.alpha_table([tmp_path / "a", tmp_path / "b", tmp_path / "missing"], [0.05, 0.9])
+    assert [r["probes"] for r in rows] == [2, 2]
+    # lam 1, budget none: A^ = w = 2 sigmoid(delta) clipped to [1 - alpha, 1 + alpha] on token 1, 1 on token 2
+    # alpha 0.05: both probes clip to 1.05 -> A^ - A = [0.05, 0] -> population var 0.000625
+    assert rows[0]["shaping_var"] == pytest.approx(0.000625, abs=1e-7)
+    assert rows[0]["clip_frac"] == pytest.approx(0.5)
+    # alpha 0.9: w = 1.761594 (delta 2, unclipped) and 2 sigmoid(4) = 1.964028 -> clipped to 1.9;
+    # var of [w - 1, 0] = ((w - 1) / 2)^2
+    want = ((0.761594 / 2) ** 2 + (0.9 / 2) ** 2) / 2
+    assert rows[1]["shaping_var"] == pytest.approx(want, abs=1e-5)
+    assert rows[1]["clip_frac"] == pytest.approx(0.25)
+    assert rows[1]["shaping_var"] > rows[0]["shaping_var"]
+    assert rows[0]["adv_var"] == rows[1]["adv_var"] == 0.0  # A is constant on the trained tokens
+    assert experiment.alpha_table([tmp_path / "missing"], [0.1]) == []
+
+
+def test_run_one_reuses_a_saved_result_only_for_the_same_config(tmp_path: Path, monkeypatch) -> None:
+    cfg = load_config(None, ["env.adapter=tests.fake_env", f"run.dir={tmp_path / 'grpo_s0'}"])
+    run_dir = tmp_path / "grpo_s0"
+    run_dir.mkdir()
+    saved = {"fingerprint": experiment._fingerprint(cfg), "eval": {"success_rate": 0.5}, "train_seconds": 1.0,
+             "curve": []}
+    (run_dir / "result.json").write_text(json.dumps(saved))
+
+    class Boom:
+        def __init__(self, cfg) -> None:
+            raise RuntimeError("trained again")
+
+    monkeypatch.setattr("services.train.Trainer", Boom)
+    assert experiment.run_one(cfg, "grpo", tmp_path, 4) == saved
+    other = load_config(None, ["env.adapter=tests.fake_env", f"run.dir={run_dir}", "learner.lr=0.5"])
+    with pytest.raises(RuntimeError, match="trained again"):
+        experiment.run_one(other, "grpo", tmp_path, 4)
+
+
+def test_unknown_arm_is_named(tmp_path: Path) -> None:
+    args = argparse.Namespace(config="deploy/configs/experiment_cpu.yaml", overrides=[], seeds=1,
+                              arms="grpo,ppo", eval_episodes=1, out=str(tmp_path))
+    with pytest.raises(SystemExit, match="unknown arm 'ppo'"):
+        experiment.run(args)
+
+
+def test_render_markdown_marks_partial_reports() -> None:
+    ev = {"success_rate": 0.25, "success_by_type": {"heat": 0.5, "cool": 0.0}}
+    rep = {"eval_episodes": 4, "seeds": 2, "complete": False, "warm_start_eval": {"success_rate": 0.25},
+           "results": {"grpo": {0: {"eval": ev, "train_seconds": 10.0}, 1: {"eval": {**ev, "success_rate": 0.75},
+                                                                             "train_seconds": 20.0}}},
+           "alpha_table": [], "wall_seconds": 60.0}
+    md = experiment.render_markdown(rep)
+    assert "PARTIAL" in md
+    assert "| grpo | 0.500 ± 0.250 | 0.000 ± 0.000 | 0.500 ± 0.000 | 15 |" in md
+    assert "PARTIAL" not in experiment.render_markdown({**rep, "complete": True})
