@@ -114,6 +114,24 @@ def run_one(cfg: Any, arm: str, base_path: Path, n_eval: int) -> dict[str, Any]:
     return res
 
 
+def run_isolated(cfg: Any, arm: str, base_path: Path, n_eval: int) -> dict[str, Any]:
+    """`run_one` in a fresh (spawned) process: in-process vLLM keeps process-global state (its parallel groups),
+    and the seventh engine built and torn down in one process failed ("pipeline model parallel group is not
+    initialized"). A failed run raises here; runs already finished keep their result.json."""
+    import multiprocessing as mp
+
+    saved = Path(cfg.run.dir) / "result.json"
+    if saved.exists() and json.loads(saved.read_text()).get("fingerprint") == _fingerprint(cfg):
+        return json.loads(saved.read_text())
+    proc = mp.get_context("spawn").Process(target=run_one, args=(cfg, arm, base_path, n_eval), name=cfg.run.name)
+    proc.start()
+    proc.join()
+    if proc.exitcode != 0 or not saved.exists():
+        raise RuntimeError(f"experiment run {cfg.run.name} ({cfg.run.dir}) failed in its child process "
+                           f"(exit code {proc.exitcode}); finished runs are kept, rerun the same command to resume")
+    return json.loads(saved.read_text())
+
+
 def run(args: argparse.Namespace) -> int:
     from services.config import load_config
     from services.sft import evaluate
@@ -130,14 +148,20 @@ def run(args: argparse.Namespace) -> int:
     n_eval = args.eval_episodes or _eval_tasks(base_cfg)
     t_all = time.perf_counter()
     results: dict[str, dict[int, Any]] = {arm: {} for arm in arms}
-    before = evaluate(base_cfg, base_path, n_eval, split="eval", engine=base_cfg.rollout.engine, temperature=0.0)
+    ws_file, ws_key = out / "warm_start_eval.json", f"{base_path}|{n_eval}|{_fingerprint(base_cfg)}"
+    ws = json.loads(ws_file.read_text()) if ws_file.exists() else {}
+    if ws.get("key") == ws_key:  # resumed experiment: the warm start was already evaluated
+        before = ws["eval"]
+    else:
+        before = evaluate(base_cfg, base_path, n_eval, split="eval", engine=base_cfg.rollout.engine, temperature=0.0)
+        ws_file.write_text(json.dumps({"key": ws_key, "eval": before}, indent=1))
     print(f"warm start {base_path}: held-out success {before['success_rate']:.3f} ({n_eval} episodes)")
     report: dict[str, Any] = {}
     for seed in range(args.seeds):  # seeds outer: a partial report always compares the arms on the same seeds
         for arm in arms:
             cfg = load_config(args.config, [*args.overrides, *ARMS[arm], f"run.seed={seed}",
                                             f"run.dir={out / f'{arm}_s{seed}'}", f"run.name={arm}_s{seed}"])
-            res = results[arm][seed] = run_one(cfg, arm, base_path, n_eval)
+            res = results[arm][seed] = run_isolated(cfg, arm, base_path, n_eval)
             last = res["curve"][-5:]
             print(f"[{arm} seed {seed}] held-out success {res['eval']['success_rate']:.3f} | train "
                   f"{res['train_seconds']:.0f}s | last-5 train success "
