@@ -78,3 +78,11 @@ def test_render_markdown_marks_partial_reports() -> None:
     assert "PARTIAL" in md
     assert "| grpo | 0.500 ± 0.250 | 0.000 ± 0.000 | 0.500 ± 0.000 | 15 |" in md
     assert "PARTIAL" not in experiment.render_markdown({**rep, "complete": True})
+
+
+def test_run_isolated_names_the_failed_run_and_keeps_nothing_half_done(tmp_path: Path) -> None:
+    cfg = load_config(None, ["env.adapter=tests.fake_env", f"run.dir={tmp_path / 'opd_s1'}", "run.name=opd_s1",
+                             f"model.path={tmp_path / 'no-such-model'}"])
+    with pytest.raises(RuntimeError, match=r"experiment run opd_s1 .* failed in its child process"):
+        experiment.run_isolated(cfg, "opd", tmp_path, 1)
+    assert not (tmp_path / "opd_s1" / "result.json").exists()
