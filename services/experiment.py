@@ -118,17 +118,15 @@ def run_isolated(cfg: Any, arm: str, base_path: Path, n_eval: int) -> dict[str, 
     """`run_one` in a fresh (spawned) process: in-process vLLM keeps process-global state (its parallel groups),
     and the seventh engine built and torn down in one process failed ("pipeline model parallel group is not
     initialized"). A failed run raises here; runs already finished keep their result.json."""
-    import multiprocessing as mp
+    from services.child import run_in_child
 
     saved = Path(cfg.run.dir) / "result.json"
     if saved.exists() and json.loads(saved.read_text()).get("fingerprint") == _fingerprint(cfg):
         return json.loads(saved.read_text())
-    proc = mp.get_context("spawn").Process(target=run_one, args=(cfg, arm, base_path, n_eval), name=cfg.run.name)
-    proc.start()
-    proc.join()
-    if proc.exitcode != 0 or not saved.exists():
+    code = run_in_child(run_one, (cfg, arm, base_path, n_eval), cfg.run.name)
+    if code != 0 or not saved.exists():
         raise RuntimeError(f"experiment run {cfg.run.name} ({cfg.run.dir}) failed in its child process "
-                           f"(exit code {proc.exitcode}); finished runs are kept, rerun the same command to resume")
+                           f"(exit code {code}); finished runs are kept, rerun the same command to resume")
     return json.loads(saved.read_text())
 
 

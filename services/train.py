@@ -366,17 +366,14 @@ def policy_model_path(cfg: Config, log: Any = print) -> str:
     """The starting policy: the SFT warm start of `model.path` when `sft.enabled` (trained once, cached),
     else `model.path` resolved. Derived from the config, never written back into it."""
     if cfg.sft.enabled:
-        import multiprocessing as mp
-
+        from services.child import run_in_child
         from services.sft import ensure_sft_model
 
         # Train in a child process: the driver then never holds the SFT model/optimizer memory
         # (the allocator would keep it for the whole run). The child caches the result; we read it.
-        child = mp.get_context("spawn").Process(target=ensure_sft_model, args=(cfg,), name="stepopsd-sft")
-        child.start()
-        child.join()
-        if child.exitcode != 0:
-            raise RuntimeError(f"SFT warm start failed (exit code {child.exitcode})")
+        code = run_in_child(ensure_sft_model, (cfg,), "stepopsd-sft")
+        if code != 0:
+            raise RuntimeError(f"SFT warm start failed (exit code {code})")
         return str(ensure_sft_model(cfg, log=log))
     from actors.models import resolve_model
 
