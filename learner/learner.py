@@ -58,14 +58,14 @@ class Learner:
         traj = scored.traj
         mask = traj.generated_mask  # (B, T)
         attn = traj.attention_mask  # (B, T)
-        n_tok = max(int(mask.sum()), 1)
-        n_rows = max(int((mask.sum(-1) > 0).sum()), 1)
-        train_rows = mask.any(-1)  # (B,) rows with generated tokens
+        has_gen = mask.any(-1)  # (B,) rows with generated tokens
+        n_tok, n_rows = max(int(mask.sum()), 1), max(int(has_gen.sum()), 1)
+        train_rows = has_gen
         if self.skip_zero_advantage and self.kl_coef == 0:
             # (B,) rows with some nonzero A^ on a generated token; the others' PPO loss is 0 for any logp
-            train_rows = train_rows & ((scored.shaped_advantages != 0) & mask).any(-1)
+            train_rows = has_gen & ((scored.shaped_advantages != 0) & mask).any(-1)
         rows = torch.nonzero(train_rows).flatten()  # (n_train,) rows that are forwarded
-        skipped = int(mask.any(-1).sum()) - len(rows)
+        skipped = int(has_gen.sum()) - len(rows)
         self.model.train()
         params = [p for p in self.model.parameters() if p.requires_grad]
         fwd = mask[rows]  # (n_train, T) generated tokens that are forwarded
@@ -73,7 +73,8 @@ class Learner:
         # loss/pg_loss are the full-batch values (skipped rows add exactly 0); the PPO diagnostics are means
         # over the forwarded rows (a zero-advantage row's ratio says nothing about the update)
         totals: dict[str, float] = {"loss": 0.0, "pg_loss": 0.0}
-        diag = {"clip_frac": 0.0, "approx_kl": 0.0, "kl": 0.0, "ratio_mean": 1.0 if not len(rows) else 0.0}
+        diag = dict.fromkeys(("clip_frac", "approx_kl", "kl", "ratio_mean"), 0.0)
+        tok = self.aggregation == "token_mean"
         grad_norm = 0.0
         for _ in range(self.ppo_epochs):
             self.optimizer.zero_grad(set_to_none=True)
@@ -91,12 +92,12 @@ class Learner:
                     logp, traj.behaviour_logp[sl, :T_mb], scored.shaped_advantages[sl, :T_mb], m,
                     clip_eps=self.ppo_clip, clip_eps_high=self.ppo_clip_high, aggregation=self.aggregation,
                     ref_logp=ref, kl_coef=self.kl_coef)
-                tok = self.aggregation == "token_mean"
-                scale = (int(m.sum()) / n_tok) if tok else (int((m.sum(-1) > 0).sum()) / n_rows)
+                m_tok, m_rows = int(m.sum()), int(m.any(-1).sum())
+                scale = (m_tok / n_tok) if tok else (m_rows / n_rows)
                 (loss * scale).backward()
                 totals["loss"] += float(loss.detach()) * scale
                 totals["pg_loss"] += st.pop("pg_loss") * scale
-                d_scale = (int(m.sum()) / n_fwd_tok) if tok else (int((m.sum(-1) > 0).sum()) / n_fwd_rows)
+                d_scale = (m_tok / n_fwd_tok) if tok else (m_rows / n_fwd_rows)
                 for k, v in st.items():
                     diag[k] = diag.get(k, 0.0) + v * d_scale
             for p in params:
@@ -105,8 +106,9 @@ class Learner:
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, self.grad_clip))
             self.optimizer.step()
         self.version += 1
-        out = {k: v / self.ppo_epochs for k, v in totals.items()}
-        out.update({k: v / self.ppo_epochs if len(rows) else v for k, v in diag.items()})
+        out = {k: v / self.ppo_epochs for k, v in (totals | diag).items()}
+        if not len(rows):
+            out["ratio_mean"] = 1.0  # nothing forwarded: the policy is unchanged on every row
         out["grad_norm"] = grad_norm
         out["trained_tokens"] = float(n_tok)
         out["skipped_rows"] = float(skipped)

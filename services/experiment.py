@@ -85,6 +85,14 @@ def _fingerprint(cfg: Any) -> str:
     return hashlib.sha256(json.dumps(cfg.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
 
 
+def _saved(path: Path, fingerprint: str) -> dict[str, Any] | None:
+    """The JSON kept at `path` if it was written for `fingerprint` (same resolved inputs), else None."""
+    if not path.exists():
+        return None
+    d: dict[str, Any] = json.loads(path.read_text())
+    return d if d.get("fingerprint") == fingerprint else None
+
+
 def run_one(cfg: Any, arm: str, base_path: Path, n_eval: int) -> dict[str, Any]:
     """Train one (arm, seed) run and evaluate its final policy; the result is kept in the run dir
     (result.json) and reused when the same resolved config is asked for again (an interrupted experiment
@@ -92,13 +100,9 @@ def run_one(cfg: Any, arm: str, base_path: Path, n_eval: int) -> dict[str, Any]:
     from services.sft import evaluate
     from services.train import Trainer
 
-    run_dir = Path(cfg.run.dir)
-    saved = run_dir / "result.json"
-    fp = _fingerprint(cfg)
-    if saved.exists():
-        res = json.loads(saved.read_text())
-        if res.get("fingerprint") == fp:
-            return res
+    saved, fp = Path(cfg.run.dir) / "result.json", _fingerprint(cfg)
+    if (res := _saved(saved, fp)) is not None:
+        return res
     t0 = time.perf_counter()
     tr = Trainer(cfg)
     tr.alpha_probe = arm == "stepopsd"
@@ -120,14 +124,14 @@ def run_isolated(cfg: Any, arm: str, base_path: Path, n_eval: int) -> dict[str, 
     initialized"). A failed run raises here; runs already finished keep their result.json."""
     from services.child import run_in_child
 
-    saved = Path(cfg.run.dir) / "result.json"
-    if saved.exists() and json.loads(saved.read_text()).get("fingerprint") == _fingerprint(cfg):
-        return json.loads(saved.read_text())
+    saved, fp = Path(cfg.run.dir) / "result.json", _fingerprint(cfg)
+    if (res := _saved(saved, fp)) is not None:  # finished earlier: no child process needed
+        return res
     code = run_in_child(run_one, (cfg, arm, base_path, n_eval), cfg.run.name)
-    if code != 0 or not saved.exists():
+    if code != 0 or (res := _saved(saved, fp)) is None:
         raise RuntimeError(f"experiment run {cfg.run.name} ({cfg.run.dir}) failed in its child process "
                            f"(exit code {code}); finished runs are kept, rerun the same command to resume")
-    return json.loads(saved.read_text())
+    return res
 
 
 def run(args: argparse.Namespace) -> int:
@@ -146,13 +150,12 @@ def run(args: argparse.Namespace) -> int:
     n_eval = args.eval_episodes or _eval_tasks(base_cfg)
     t_all = time.perf_counter()
     results: dict[str, dict[int, Any]] = {arm: {} for arm in arms}
-    ws_file, ws_key = out / "warm_start_eval.json", f"{base_path}|{n_eval}|{_fingerprint(base_cfg)}"
-    ws = json.loads(ws_file.read_text()) if ws_file.exists() else {}
-    if ws.get("key") == ws_key:  # resumed experiment: the warm start was already evaluated
+    ws_file, ws_fp = out / "warm_start_eval.json", f"{base_path}|{n_eval}|{_fingerprint(base_cfg)}"
+    if (ws := _saved(ws_file, ws_fp)) is not None:  # resumed experiment: the warm start was already evaluated
         before = ws["eval"]
     else:
         before = evaluate(base_cfg, base_path, n_eval, split="eval", engine=base_cfg.rollout.engine, temperature=0.0)
-        ws_file.write_text(json.dumps({"key": ws_key, "eval": before}, indent=1))
+        ws_file.write_text(json.dumps({"fingerprint": ws_fp, "eval": before}, indent=1))
     print(f"warm start {base_path}: held-out success {before['success_rate']:.3f} ({n_eval} episodes)")
     report: dict[str, Any] = {}
     for seed in range(args.seeds):  # seeds outer: a partial report always compares the arms on the same seeds

@@ -246,7 +246,7 @@ class Trainer:
                 u_ref = self.learner.call("update", s_ref)
                 if self.alpha_probe and score_stats.get("shaped_tokens", 0.0) > self._probe_shaped:
                     self._probe_shaped = float(score_stats["shaped_tokens"])
-                    self._save_alpha_probe(_get(s_ref, self.remote), n + 1)
+                    self._save_alpha_probe(_get(s_ref, self.remote), n + 1, self._probe_shaped)
                 # overlap: score the next batch (already rolled out or rolling) while the learner updates
                 if n + 1 < steps and (n + 1) in rollouts:
                     lam1, alpha1 = self.schedule.current(n + 1)
@@ -287,8 +287,9 @@ class Trainer:
             self.metrics.close()
         return self.run_dir
 
-    def _save_alpha_probe(self, sb: Any, step: int) -> None:
-        torch.save({"step": step, "shaped_tokens": self._probe_shaped, "adv": sb.advantages, "logp_s": sb.traj.behaviour_logp, "logp_t": sb.teacher_logp,
+    def _save_alpha_probe(self, sb: Any, step: int, shaped_tokens: float) -> None:
+        torch.save({"step": step, "shaped_tokens": shaped_tokens, "adv": sb.advantages,
+                    "logp_s": sb.traj.behaviour_logp, "logp_t": sb.teacher_logp,
                     "mask": sb.shape_mask, "steps": sb.traj.step_ids, "gen": sb.traj.generated_mask,
                     "budget": self.cfg.stepopsd.credit_budget}, self.run_dir / "alpha_probe.pt")
 
