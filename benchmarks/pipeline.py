@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -108,12 +109,16 @@ def main() -> None:
         from services.train import policy_model_path
 
         model = policy_model_path(load_config(args.warm_start))
+    # Run directories hold checkpoints (hundreds of MB per arm with SmolLM2); only the printed figures matter.
     tmp = Path(tempfile.mkdtemp(prefix="stepopsd_bench_"))
-    arms = [
-        run_arm("stepopsd_async", ["stepopsd.lambda_mix=0.2", "pipeline.max_staleness=1"], args, model, tmp),
-        run_arm("grpo_async", ["stepopsd.lambda_mix=0", "pipeline.max_staleness=1"], args, model, tmp),
-        run_arm("stepopsd_sync", ["stepopsd.lambda_mix=0.2", "pipeline.max_staleness=0"], args, model, tmp),
-    ]
+    try:
+        arms = [
+            run_arm("stepopsd_async", ["stepopsd.lambda_mix=0.2", "pipeline.max_staleness=1"], args, model, tmp),
+            run_arm("grpo_async", ["stepopsd.lambda_mix=0", "pipeline.max_staleness=1"], args, model, tmp),
+            run_arm("stepopsd_sync", ["stepopsd.lambda_mix=0.2", "pipeline.max_staleness=0"], args, model, tmp),
+        ]
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     env = args.env_adapter or "ALFWorld (generated games)"
     print(f"pipeline benchmark: env {env} (config {args.config}), model {model}\n  {args.steps} steps per arm, mode {args.mode}, batch 2 tasks x 4, "
           f"<= {args.turns} turns x {args.max_new_tokens} tokens; medians over steps 2..N")

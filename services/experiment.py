@@ -35,6 +35,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--arms", default="grpo,opd,stepopsd")
     p.add_argument("--eval-episodes", type=int, default=0, help="held-out episodes per run (0 = all eval tasks)")
     p.add_argument("--out", default="runs/experiment")
+    p.add_argument("--keep-checkpoints", action="store_true",
+                   help="keep each finished run's training checkpoints (model + optimizer + teacher, ~2.3 GB per "
+                        "SmolLM2 run); by default only the final policy (final_hf/) is kept once it is evaluated")
     p.set_defaults(func=run)
 
 
@@ -93,10 +96,12 @@ def _saved(path: Path, fingerprint: str) -> dict[str, Any] | None:
     return d if d.get("fingerprint") == fingerprint else None
 
 
-def run_one(cfg: Any, arm: str, base_path: Path, n_eval: int) -> dict[str, Any]:
+def run_one(cfg: Any, arm: str, base_path: Path, n_eval: int, keep_checkpoints: bool = False) -> dict[str, Any]:
     """Train one (arm, seed) run and evaluate its final policy; the result is kept in the run dir
     (result.json) and reused when the same resolved config is asked for again (an interrupted experiment
-    resumes at the first run without a result)."""
+    resumes at the first run without a result). Once result.json is written the run's resume state
+    (checkpoints/, teacher snapshot) is no longer needed and is deleted unless `keep_checkpoints`: nine
+    SmolLM2 runs kept 31 GB of it. The final policy stays in final_hf/."""
     from services.sft import evaluate
     from services.train import Trainer
 
@@ -115,10 +120,13 @@ def run_one(cfg: Any, arm: str, base_path: Path, n_eval: int) -> dict[str, Any]:
     res = {"fingerprint": fp, "eval": ev, "train_seconds": wall, "curve": [
         {k: r[k] for k in ("step", "success_rate", "delta_std", "adv_var", "adv_hat_var", "lam")} for r in rows]}
     saved.write_text(json.dumps(res, indent=1))
+    if not keep_checkpoints:
+        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+        (run_dir / "teacher_snapshot.safetensors").unlink(missing_ok=True)
     return res
 
 
-def run_isolated(cfg: Any, arm: str, base_path: Path, n_eval: int) -> dict[str, Any]:
+def run_isolated(cfg: Any, arm: str, base_path: Path, n_eval: int, keep_checkpoints: bool = False) -> dict[str, Any]:
     """`run_one` in a fresh (spawned) process: in-process vLLM keeps process-global state (its parallel groups),
     and the seventh engine built and torn down in one process failed ("pipeline model parallel group is not
     initialized"). A failed run raises here; runs already finished keep their result.json."""
@@ -127,7 +135,7 @@ def run_isolated(cfg: Any, arm: str, base_path: Path, n_eval: int) -> dict[str, 
     saved, fp = Path(cfg.run.dir) / "result.json", _fingerprint(cfg)
     if (res := _saved(saved, fp)) is not None:  # finished earlier: no child process needed
         return res
-    code = run_in_child(run_one, (cfg, arm, base_path, n_eval), cfg.run.name)
+    code = run_in_child(run_one, (cfg, arm, base_path, n_eval, keep_checkpoints), cfg.run.name)
     if code != 0 or (res := _saved(saved, fp)) is None:
         raise RuntimeError(f"experiment run {cfg.run.name} ({cfg.run.dir}) failed in its child process "
                            f"(exit code {code}); finished runs are kept, rerun the same command to resume")
@@ -162,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
         for arm in arms:
             cfg = load_config(args.config, [*args.overrides, *ARMS[arm], f"run.seed={seed}",
                                             f"run.dir={out / f'{arm}_s{seed}'}", f"run.name={arm}_s{seed}"])
-            res = results[arm][seed] = run_isolated(cfg, arm, base_path, n_eval)
+            res = results[arm][seed] = run_isolated(cfg, arm, base_path, n_eval, args.keep_checkpoints)
             last = res["curve"][-5:]
             print(f"[{arm} seed {seed}] held-out success {res['eval']['success_rate']:.3f} | train "
                   f"{res['train_seconds']:.0f}s | last-5 train success "

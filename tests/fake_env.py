@@ -61,8 +61,8 @@ class FakeEnv(FakeProtocol):
         return ("ok" if p.valid else "invalid, use <action>"), float(won), won, self.t >= 2, info
 
 
-def make_pool(cfg: Any, num_envs: int) -> SerialEnvPool:
-    return SerialEnvPool(FakeEnv, num_envs)
+def make_pool(cfg: Any, num_envs: int, split: str = "train") -> SerialEnvPool:
+    return SerialEnvPool(FakeEnv, num_envs)  # one task set serves every split
 
 
 def protocol(cfg: Any) -> FakeProtocol:

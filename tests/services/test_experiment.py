@@ -86,3 +86,33 @@ def test_run_isolated_names_the_failed_run_and_keeps_nothing_half_done(tmp_path:
     with pytest.raises(RuntimeError, match=r"experiment run opd_s1 .* failed in its child process"):
         experiment.run_isolated(cfg, "opd", tmp_path, 1)
     assert not (tmp_path / "opd_s1" / "result.json").exists()
+
+
+@pytest.mark.slow
+def test_experiment_end_to_end_with_the_tiny_model(tmp_path: Path) -> None:
+    """Two arms x one seed for real (each run in its child process): report, curves, alpha table, the final
+    policy kept and the runs' resume state pruned."""
+    over = ["env.adapter=tests.fake_env", "model.path=builtin:tiny-qwen2", "model.torch_threads=1",
+            "model.max_context=512", "rollout.group_size=4", "rollout.tasks_per_step=2", "rollout.max_turns=2",
+            "rollout.sampling.max_new_tokens=12", "stepopsd.alpha_clip=0.2", "learner.lr=1e-3",
+            "learner.micro_batch_size=4", "pipeline.mode=inprocess", "pipeline.max_staleness=0", "sft.enabled=false",
+            "run.steps=2", "checkpoint.every=1"]
+    out = tmp_path / "exp"
+    args = argparse.Namespace(config=None, overrides=over, seeds=1, arms="grpo,stepopsd", eval_episodes=2,
+                              out=str(out), keep_checkpoints=False)
+    assert experiment.run(args) == 0
+    rep = json.loads((out / "results.json").read_text())
+    assert rep["complete"] and rep["seeds"] == 1 and rep["eval_episodes"] == 2
+    for arm in ("grpo", "stepopsd"):
+        res = rep["results"][arm]["0"]
+        assert [r["step"] for r in res["curve"]] == [1, 2]
+        assert 0.0 <= res["eval"]["success_rate"] <= 1.0
+        run_dir = out / f"{arm}_s0"
+        assert (run_dir / "final_hf" / "model.safetensors").exists()
+        assert not (run_dir / "checkpoints").exists() and not (run_dir / "teacher_snapshot.safetensors").exists()
+    assert all(r["lam"] == 0.0 for r in rep["results"]["grpo"]["0"]["curve"])
+    assert rep["alpha_table"] and rep["alpha_table"][0]["probes"] == 1
+    assert (out / "curves.png").stat().st_size > 0 and "stepopsd" in (out / "results.md").read_text()
+    # asked again: every run is reused from its result.json (no training, nothing deleted is needed)
+    assert experiment.run(args) == 0
+    assert json.loads((out / "results.json").read_text())["results"] == rep["results"]
