@@ -14,28 +14,34 @@ def protocol(cfg: Config) -> TextProtocol:
 
 
 def make_pool(cfg: Config, num_envs: int, split: str = "train") -> SearchEnvPool:
-    """`split` is accepted for symmetry with ALFWorld; Search-QA evaluates on the configured dataset
-    (point `env.search.data` at a held-out file to evaluate elsewhere)."""
+    """Training questions by default; `split="eval"` gives the held-out ones (`factory.load_split_tasks`)."""
     from envs.search.factory import build_search_pool
 
-    return build_search_pool(cfg.env.search, cfg.model.cache_dir, num_envs, max_turns=cfg.rollout.max_turns)
+    return build_search_pool(cfg.env.search, cfg.model.cache_dir, num_envs, max_turns=cfg.rollout.max_turns,
+                             split=split)
 
 
 def demonstrations(cfg: Config, split: str = "train", limit: int | None = None) -> list[tuple[str, list[str]]]:
-    """Scripted Search-QA episodes for the SFT warm start: search the question, then answer with the gold
-    answer -- teaches the protocol (think, search, read, answer); the RL learns the actual searching."""
-    from envs.search.data import load_tasks
-    from services.search.corpus import ensure_synthetic_kb
+    """Scripted Search-QA episodes for the SFT warm start, in the protocol (think, search, read, answer).
+    Synthetic 2-hop questions get the real two hops -- search the question, name the bridge entity the first
+    passage gives, search it, answer -- so the warm start has seen a second search (with one search a 2-hop
+    answer is almost never retrieved); 1-hop questions and dataset files: search the question, then answer.
+    The gold answer is in what the scripted searches retrieve; the RL learns to find and read it itself."""
+    from envs.search.factory import load_split_tasks
 
+    bridge: dict[str, str] = {}
     if cfg.env.search.data is None:
-        _, questions = ensure_synthetic_kb(cfg.model.cache_dir, 0)
-        tasks = load_tasks(questions)
-    else:
-        tasks = load_tasks(cfg.env.search.data)
+        from envs.search.synthetic import generate_kb
+
+        bridge = generate_kb(0).bridge  # the same seed-0 KB the questions come from
     out = []
-    for t in tasks[: limit or None]:
-        out.append((t.id, [
-            f"<think>I do not know this; I will search for it.</think><search>{t.question}</search>",
-            f"<think>The retrieved documents give the answer.</think><answer>{t.golden_answers[0]}</answer>",
-        ]))
+    for t in load_split_tasks(cfg.env.search, cfg.model.cache_dir, split)[: limit or None]:
+        answer = f"<think>The retrieved documents give the answer.</think><answer>{t.golden_answers[0]}</answer>"
+        first = f"<think>I do not know this; I will search for it.</think><search>{t.question}</search>"
+        if t.id in bridge:
+            b = bridge[t.id]
+            out.append((t.id, [first, f"<think>The question is about {b}; I will search for {b}.</think>"
+                                      f"<search>{b}</search>", answer]))
+        else:
+            out.append((t.id, [first, answer]))
     return out

@@ -14,7 +14,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from envs.search.client import RetrievalClient, SearchServiceError
-from envs.search.data import load_tasks
+from envs.search.data import QATask, load_tasks
 from envs.search.env import SearchEnvPool
 from services.config import SearchEnvConfig
 
@@ -22,19 +22,28 @@ log = logging.getLogger(__name__)
 _LOOPBACK = {"127.0.0.1", "localhost"}
 
 
-def build_search_pool(cfg: SearchEnvConfig, cache_dir: str | Path, num_envs: int = 1,
-                      max_turns: int = 4) -> SearchEnvPool:
+def load_split_tasks(cfg: SearchEnvConfig, cache_dir: str | Path, split: str = "train") -> list[QATask]:
+    """The questions of `split` ("train" | "eval"): the synthetic KB's questions are split by id
+    (`synthetic.split_of`, one in five held out); a dataset file is used as is for training, and
+    `eval_data` (else `data`) for evaluation."""
+    from envs.search.synthetic import split_of
     from services.search.corpus import ensure_synthetic_kb
+
+    if split not in ("train", "eval"):
+        raise ValueError(f"split = {split!r}: expected 'train' or 'eval'")
+    if cfg.data is None:
+        _, questions = ensure_synthetic_kb(cache_dir, 0)
+        return [t for t in load_tasks(questions) if split_of(t.id) == split]
+    return load_tasks(cfg.eval_data if split == "eval" and cfg.eval_data else cfg.data)
+
+
+def build_search_pool(cfg: SearchEnvConfig, cache_dir: str | Path, num_envs: int = 1,
+                      max_turns: int = 4, split: str = "train") -> SearchEnvPool:
     from services.search.launcher import probe, start_service
     from services.search.resolve import resolve_index
 
-    if cfg.data is None:
-        _, questions = ensure_synthetic_kb(cache_dir, 0)
-        tasks = load_tasks(questions)
-        default = "synthetic"
-    else:
-        tasks = load_tasks(cfg.data)
-        default = "wiki"
+    tasks = load_split_tasks(cfg, cache_dir, split)
+    default = "synthetic" if cfg.data is None else "wiki"
     url, service = cfg.url, None
     health = probe(url, min(cfg.timeout_s, 2.0))
     if health is None:

@@ -12,6 +12,7 @@ Everything is a pure function of the seed.
 from __future__ import annotations
 
 import random
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,9 +50,20 @@ class SyntheticKB:
     tasks: list[QATask]  # data_source "synthetic_1hop" | "synthetic_2hop"
     answer_doc: dict[str, str] = field(default_factory=dict)  # task id -> id of the passage holding the answer
     first_doc: dict[str, str] = field(default_factory=dict)  # task id -> id of the passage the question names
+    bridge: dict[str, str] = field(default_factory=dict)  # 2-hop task id -> the bridge entity (answer passage title)
 
     def tasks_of(self, hops: int) -> list[QATask]:
         return [t for t in self.tasks if t.data_source == f"synthetic_{hops}hop"]
+
+
+EVAL_EVERY = 5  # one synthetic question in five is held out for evaluation
+
+
+def split_of(task_id: str) -> str:
+    """"eval" for the held-out fifth of the synthetic questions (a fixed hash of the id, so the split never
+    depends on order or on how many questions a KB has), else "train". Entities are shared across splits:
+    held-out questions ask new questions about the same KB, answerable only by retrieval."""
+    return "eval" if zlib.crc32(task_id.encode()) % EVAL_EVERY == 0 else "train"
 
 
 def generate_kb(seed: int = 0, n_countries: int = 10, n_cities: int = 60, n_companies: int = 60,
@@ -122,6 +134,8 @@ def generate_kb(seed: int = 0, n_countries: int = 10, n_cities: int = 60, n_comp
         kb.tasks.append(QATask(id=tid, question=q, golden_answers=(ans,), data_source=f"synthetic_{hops}hop"))
         kb.first_doc[tid] = doc_id[first]
         kb.answer_doc[tid] = doc_id[answer_title]
+        if hops == 2:
+            kb.bridge[tid] = answer_title
 
     for p in people:
         n = p["name"]

@@ -127,3 +127,42 @@ def test_registry_builds_search_pool(tmp_path):
         assert "Final answer: B" in proto.teacher_user_message("Q", proto.hindsight_block(["a", "B"]))
     finally:
         pool.service.stop()
+
+
+def test_synthetic_questions_split_train_eval(tmp_path):
+    from envs.search.factory import load_split_tasks
+    from envs.search.synthetic import split_of
+
+    kb = generate_kb(0)
+    cfg = SearchEnvConfig()
+    train, held = load_split_tasks(cfg, tmp_path, "train"), load_split_tasks(cfg, tmp_path, "eval")
+    assert {t.id for t in train} | {t.id for t in held} == {t.id for t in kb.tasks}
+    assert not {t.id for t in train} & {t.id for t in held}
+    assert 0.15 < len(held) / len(kb.tasks) < 0.25
+    assert {t.data_source for t in held} == {"synthetic_1hop", "synthetic_2hop"}
+    assert all(split_of(t.id) == "eval" for t in held)
+    with pytest.raises(ValueError, match="split = 'valid'"):
+        load_split_tasks(cfg, tmp_path, "valid")
+
+
+def test_demonstrations_take_both_hops_and_win_through_the_service(tmp_path):
+    """A 2-hop demonstration searches the question, then the bridge entity, then answers -- and replayed
+    through the real retrieval service it wins (the gold answer is what the two searches retrieve)."""
+    from actors.models import load_tokenizer, resolve_model
+    from envs.search.adapter import demonstrations
+    from services.config import load_config
+    from services.sft import build_sft_batch
+
+    url = f"http://127.0.0.1:{free_port()}/retrieve"
+    cfg = load_config(None, ["env.name=search", f"env.search.url={url}", f"model.cache_dir={tmp_path}",
+                             "model.path=builtin:tiny-qwen2", "rollout.max_turns=3", "sft.max_examples=12"])
+    demos = demonstrations(cfg, limit=12)
+    kb = generate_kb(0)
+    two_hop = [(tid, turns) for tid, turns in demos if tid in kb.bridge]
+    assert two_hop and all(len(turns) == 3 and f"<search>{kb.bridge[tid]}</search>" in turns[1]
+                           for tid, turns in two_hop)
+    assert all(len(turns) == 2 for tid, turns in demos if tid not in kb.bridge)
+    held = {tid for tid, _ in demonstrations(cfg, split="eval")}
+    assert not held & {tid for tid, _ in demonstrations(cfg)}
+    batch, n = build_sft_batch(cfg, load_tokenizer(resolve_model(cfg.model)))
+    assert n == 12 and batch.batch_size == 12  # every scripted replay won
