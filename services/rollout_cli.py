@@ -49,9 +49,11 @@ def run_sft(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, [*args.overrides, "sft.enabled=true"])
     base = resolve_model(cfg.model)
-    before = evaluate(cfg, base, args.eval_episodes, split="eval", temperature=0.0) if args.eval_episodes else None
+    before = evaluate(cfg, base, args.eval_episodes, split="eval", engine=cfg.rollout.engine,
+                      temperature=0.0) if args.eval_episodes else None
     out = ensure_sft_model(cfg)
-    after = evaluate(cfg, out, args.eval_episodes, split="eval", temperature=0.0) if args.eval_episodes else None
+    after = evaluate(cfg, out, args.eval_episodes, split="eval", engine=cfg.rollout.engine,
+                     temperature=0.0) if args.eval_episodes else None
     print(f"sft model: {out}")
     if before and after:
         print(f"held-out success (greedy, {args.eval_episodes} episodes): before {before['success_rate']:.3f} -> "

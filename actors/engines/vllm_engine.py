@@ -16,8 +16,11 @@ base.py. `text` is our own decode of the token ids (vLLM would cut the text at t
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +43,19 @@ def _set_cpu_env(kv_cache_gib: int) -> None:
 def _reload_on_worker(worker: Any, weights: list[tuple[str, torch.Tensor]]) -> None:
     """Runs inside the worker (in-process on CPU, via collective_rpc pickling on GPU)."""
     worker.reload_weights(weights_iterator=iter(weights))
+
+
+@contextlib.contextmanager
+def _llvmlite_hidden() -> Iterator[None]:
+    """Hide numba/llvmlite from sys.modules while vLLM starts. vLLM's kernel dispatcher scans every loaded
+    module's attributes at engine start and crashes on llvmlite's `_lib_fn_wrapper` ("'_lib_fn_wrapper' object
+    has no attribute 'get'") -- numba is loaded whenever bm25s (the Search-QA retriever) was imported first in
+    this process. The modules are put back untouched afterwards."""
+    hidden = {k: sys.modules.pop(k) for k in list(sys.modules) if k.split(".")[0] in ("llvmlite", "numba")}
+    try:
+        yield
+    finally:
+        sys.modules.update(hidden)
 
 
 class VLLMEngine:
@@ -81,7 +97,8 @@ class VLLMEngine:
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization
         else:
             kwargs["distributed_executor_backend"] = "uni"
-        self.llm = LLM(**kwargs)
+        with _llvmlite_hidden():
+            self.llm = LLM(**kwargs)
         self.tokenizer = self.llm.get_tokenizer()
         self.version = 0
         self.max_context = max_context
