@@ -56,7 +56,7 @@ class ScriptedEngine:
 
 def sft_key(cfg: Config, task_ids: list[str]) -> str:
     # eval-only settings do not change the SFT data: keep them out of the key
-    env = cfg.env.model_dump(mode="json", exclude={"alfworld": {"eval_per_type"}})
+    env = cfg.env.model_dump(mode="json", exclude={"alfworld": {"eval_per_type"}, "search": {"eval_data"}})
     blob = json.dumps({"model": cfg.model.path, "env": env, "sft": cfg.sft.model_dump(),
                        "max_context": cfg.model.max_context, "tasks": sorted(task_ids), "v": 2,
                        "micro_batch_size": cfg.learner.micro_batch_size,

@@ -35,3 +35,12 @@ def test_ensure_sft_model_trains_and_caches(tmp_path):
     assert (out / "config.json").exists()
     again = ensure_sft_model(cfg, log=logs.append)
     assert again == out and "using cached" in logs[-1]
+
+
+def test_sft_key_ignores_eval_only_settings(tmp_path):
+    """Held-out settings do not change the SFT data, so they must not retrain (or orphan) a cached warm start."""
+    from services.sft import sft_key
+
+    base = sft_key(_cfg(tmp_path), ["t0", "t1"])
+    assert sft_key(_cfg(tmp_path, "env.search.eval_data=held.jsonl", "env.alfworld.eval_per_type=7"), ["t1", "t0"]) == base
+    assert sft_key(_cfg(tmp_path, "sft.epochs=4"), ["t0", "t1"]) != base
