@@ -53,6 +53,7 @@ def run_arm(name: str, extra: list[str], args: argparse.Namespace, model: str, t
         over.append(f"env.adapter={args.env_adapter}")
     if args.ppo_epochs:
         over.append(f"learner.ppo_epochs={args.ppo_epochs}")
+    over += args.overrides
     cfg = load_config(ROOT / args.config, over)
     load0 = os.getloadavg()[0]
     t0 = time.perf_counter()
@@ -94,6 +95,8 @@ def main() -> None:
                     help="base config (env, model sizes); default: the --warm-start config, else "
                          "deploy/configs/alfworld_cpu.yaml")
     ap.add_argument("--ppo-epochs", type=int, default=0, help="learner.ppo_epochs override (0 = the config's)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="config override applied to every arm (repeatable)")
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--turns", type=int, default=4)
     ap.add_argument("--max-new-tokens", type=int, default=64)

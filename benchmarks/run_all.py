@@ -51,6 +51,12 @@ BENCHES: list[tuple[str, list[str], int, str]] = [
                   "--turns", "4", "--max-new-tokens", "64", "--mode", "ray"], 1500,
      "StepOPSD vs GRPO step time and async vs sync throughput, real Ray actors, in one run (ALFWorld, "
      "starting from the experiment's SFT warm start)"),
+    ("pipeline_full_update", ["benchmarks/pipeline.py", "--warm-start", "deploy/configs/experiment_cpu.yaml",
+                              "--steps", "12", "--turns", "4", "--max-new-tokens", "64", "--mode", "ray",
+                              "--set", "learner.skip_zero_advantage=false"], 1500,
+     "the ALFWorld pipeline run again with the learner forwarding every row: the tiny warm start wins no "
+     "episode here, so with the zero-advantage skip (default) every update is ~free and async has nothing to "
+     "overlap; this arm keeps the update's real cost (the work of a batch with wins)"),
     ("pipeline_fake_env", ["benchmarks/pipeline.py", "--model", "builtin:tiny-qwen2", "--env-adapter",
                            "tests.fake_env", "--steps", "6", "--max-new-tokens", "64", "--mode", "ray"], 900,
      "the same pipeline ratios on the scripted test env (a random model wins ~half the episodes, so the hindsight "
