@@ -292,7 +292,7 @@ class LearnerWorker:
         self.learner = Learner(model, lr=lc.lr, weight_decay=lc.weight_decay, ppo_clip=lc.ppo_clip,
                                ppo_clip_high=lc.ppo_clip_high, kl_coef=lc.kl_coef, aggregation=lc.aggregation,
                                grad_clip=lc.grad_clip, micro_batch_size=lc.micro_batch_size,
-                               ppo_epochs=lc.ppo_epochs, ref_model=ref)
+                               ppo_epochs=lc.ppo_epochs, ref_model=ref, skip_zero_advantage=lc.skip_zero_advantage)
         self.probe = probe_ids(load_tokenizer(path))
 
     def getpid(self) -> int:

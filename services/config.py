@@ -134,6 +134,7 @@ class LearnerConfig(_Base):
     ppo_clip: float = Field(0.2, gt=0, lt=1, description="PPO ratio clip epsilon (low side).")
     ppo_clip_high: float | None = Field(None, gt=0, description="PPO ratio clip on the high side (None = ppo_clip).")
     kl_coef: float = Field(0.0, ge=0, description="Coefficient of the k3 KL to the reference (initial) policy.")
+    skip_zero_advantage: bool = Field(True, description="Do not forward rows whose advantage is 0 on every generated token (their gradient is exactly 0; only when kl_coef is 0). False = forward every row (benchmarks of the full update cost).")
     aggregation: Literal["token_mean", "seq_mean"] = Field("token_mean", description="Loss aggregation over tokens.")
     adv_estimator: Literal["grpo", "grpo_no_std"] = Field("grpo", description="GRPO advantage with or without std normalisation.")
     grad_clip: float = Field(1.0, gt=0, description="Global grad-norm clip.")
