@@ -114,15 +114,14 @@ def run_one(cfg: Any, arm: str, base_path: Path, n_eval: int, keep_checkpoints: 
     run_dir = tr.run()
     _shutdown(tr)
     wall = time.perf_counter() - t0
-    hf = export_hf(run_dir / "checkpoints" / f"step_{cfg.run.steps}", base_path, run_dir / "final_hf")
+    hf = export_hf(tr.ckpt_root / f"step_{cfg.run.steps}", base_path, run_dir / "final_hf")
     ev = evaluate(cfg, hf, n_eval, split="eval", engine=cfg.rollout.engine, temperature=0.0)
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     res = {"fingerprint": fp, "eval": ev, "train_seconds": wall, "curve": [
         {k: r[k] for k in ("step", "success_rate", "delta_std", "adv_var", "adv_hat_var", "lam")} for r in rows]}
     saved.write_text(json.dumps(res, indent=1))
     if not keep_checkpoints:
-        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
-        (run_dir / "teacher_snapshot.safetensors").unlink(missing_ok=True)
+        tr.drop_resume_state()
     return res
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -49,11 +50,14 @@ def run_sft(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, [*args.overrides, "sft.enabled=true"])
     base = resolve_model(cfg.model)
-    before = evaluate(cfg, base, args.eval_episodes, split="eval", engine=cfg.rollout.engine,
-                      temperature=0.0) if args.eval_episodes else None
+
+    def held_out(path: Any) -> dict[str, Any] | None:
+        return evaluate(cfg, path, args.eval_episodes, split="eval", engine=cfg.rollout.engine,
+                        temperature=0.0) if args.eval_episodes else None
+
+    before = held_out(base)
     out = ensure_sft_model(cfg)
-    after = evaluate(cfg, out, args.eval_episodes, split="eval", engine=cfg.rollout.engine,
-                     temperature=0.0) if args.eval_episodes else None
+    after = held_out(out)
     print(f"sft model: {out}")
     if before and after:
         print(f"held-out success (greedy, {args.eval_episodes} episodes): before {before['success_rate']:.3f} -> "

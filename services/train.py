@@ -59,6 +59,9 @@ def tasks_for_batch(task_ids: list[str], m: int, n: int, seed: int) -> list[str]
     return [rng.choice(task_ids) for _ in range(n)]
 
 
+SNAPSHOT = "teacher_snapshot.safetensors"  # file name of a teacher snapshot, in the run dir and in checkpoints
+
+
 class Trainer:
     def __init__(self, cfg: Config, *, resume: bool = False, console: Any = None) -> None:
         from learner.schedules import build_schedule
@@ -67,6 +70,7 @@ class Trainer:
         self.remote = cfg.pipeline.mode == "ray"
         self.run_dir = Path(cfg.run.dir).expanduser().resolve()
         self.ckpt_root = self.run_dir / "checkpoints"
+        self.snapshot_path = self.run_dir / SNAPSHOT  # the teacher's current snapshot (copied into checkpoints)
         self.resume = resume
         self.console = console
         sc = cfg.stepopsd.schedule
@@ -92,7 +96,7 @@ class Trainer:
         B = cfg.batch_size
         n_workers = cfg.env.num_env_workers
         per_worker = -(-B // n_workers)
-        snapshot = str(self.run_dir / "teacher_snapshot.safetensors")
+        snapshot = str(self.snapshot_path)
         if self.remote:
             import ray
 
@@ -150,9 +154,8 @@ class Trainer:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         _get(self.learner.call("save", str(tmp)), self.remote)
-        snap = self.run_dir / "teacher_snapshot.safetensors"
-        if snap.exists():
-            shutil.copy2(snap, tmp / "teacher_snapshot.safetensors")
+        if self.snapshot_path.exists():
+            shutil.copy2(self.snapshot_path, tmp / SNAPSHOT)
         # in-flight rollouts already generated with older weights: saved so resume replays them exactly
         pend = {m: _get(ref, self.remote) for m, ref in pending.items()}
         torch.save(pend, tmp / "pending_rollouts.pt")
@@ -170,6 +173,12 @@ class Trainer:
             shutil.rmtree(old, ignore_errors=True)
         return final
 
+    def drop_resume_state(self) -> None:
+        """Delete what only a resume needs (checkpoints/, the teacher snapshot) once a run is finished and its
+        final weights are exported elsewhere."""
+        shutil.rmtree(self.ckpt_root, ignore_errors=True)
+        self.snapshot_path.unlink(missing_ok=True)
+
     # ---------------------------------------------------------------- main loop
     def run(self) -> Path:
         cfg = self.cfg
@@ -181,8 +190,8 @@ class Trainer:
             raise ConfigError(f"--resume: no checkpoint under {self.ckpt_root}")
         if ck is not None:
             st = json.loads((ck / "driver_state.json").read_text())
-            if (ck / "teacher_snapshot.safetensors").exists():
-                shutil.copy2(ck / "teacher_snapshot.safetensors", self.run_dir / "teacher_snapshot.safetensors")
+            if (ck / SNAPSHOT).exists():
+                shutil.copy2(ck / SNAPSHOT, self.snapshot_path)
             start, teacher_version = int(st["next_step"]), int(st["teacher_version"])
             self.schedule.load_state_dict(st["schedule"])
             pending_loaded = torch.load(ck / "pending_rollouts.pt", weights_only=False)
@@ -193,7 +202,7 @@ class Trainer:
                 mpath.write_text("".join(x + "\n" for x in lines))
                 self.history = [json.loads(x) for x in lines]
         else:
-            (self.run_dir / "teacher_snapshot.safetensors").unlink(missing_ok=True)
+            self.snapshot_path.unlink(missing_ok=True)
             (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
         (self.run_dir / "config.yaml").write_text(dump_config(cfg))
         from services.memwatch import MemWatch
