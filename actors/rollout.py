@@ -42,6 +42,7 @@ class _Episode:
     done: bool = False
     task_type: str = ""
     actions: list[str] = field(default_factory=list)
+    observations: list[str] = field(default_factory=list)
     context_truncated: bool = False
     gen_tokens: int = 0
 
@@ -114,6 +115,7 @@ class MultiTurnRollout:
                 # env-reported cumulative tool calls (Search-QA); otherwise every valid action is one env call
                 e.tool_calls = int(info["tool_calls"]) if "tool_calls" in info else e.tool_calls + int(not info.get("invalid"))
                 e.actions.append(str(info.get("action", "")))
+                e.observations.append(str(obs))
                 if term or trunc or turn == self.max_turns - 1:
                     e.done = True
                     continue
@@ -160,7 +162,7 @@ class MultiTurnRollout:
             task_ids=[e.task_id for e in eps], task_types=[e.task_type for e in eps],
             first_user_messages=[e.first_user for e in eps], actions=[e.actions for e in eps],
             policy_version=policy_version, pad_id=int(pad),
-            episode_ids=[uuid.uuid4().hex[:12] for _ in eps],
+            episode_ids=[uuid.uuid4().hex[:12] for _ in eps], observations=[e.observations for e in eps],
         )
         return batch.validate()
 

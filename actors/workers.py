@@ -1,8 +1,10 @@
 """The service's workers as plain classes: EnvPoolWorker, RolloutWorker, TeacherWorker, LearnerWorker.
 
-Each is constructed from the resolved Config (a pydantic model, cheap to ship to a Ray actor) and runs
-unchanged in-process or as a Ray actor (actors/ray_actors.py applies `ray.remote` at construction). They
-exchange only typed batches (learner/batch.py) and `WeightsPacket`s.
+Each takes explicit typed arguments -- its config sections (actors/config.py), an `EnvSpec`, a
+`ScoringOptions` -- built by the composition root (services/wiring.py), never the config tree. Each runs
+unchanged in-process or as a Ray actor (`ray.remote` is applied at construction, actors/ray_actors.py) and
+is called through `actors.handle.Handle`. They exchange only typed batches (learner/batch.py) and
+`WeightsPacket`s.
 """
 
 from __future__ import annotations
@@ -15,7 +17,10 @@ from typing import Any
 
 import torch
 
-from services.config import Config
+from actors.config import LearnerConfig, ModelConfig, RolloutConfig
+from actors.handle import Handle, gather, returns
+from envs.base import EnvSpec
+from learner.scoring import ScoringOptions
 
 
 @dataclass
@@ -25,10 +30,6 @@ class WeightsPacket:
     version: int
     state_dict: dict[str, torch.Tensor]  # name -> CPU tensor
     probe_logp: list[float]  # learner's log-probs of the fixed probe (actors/engines/base.py)
-
-
-def _threads(cfg: Config) -> None:
-    torch.set_num_threads(cfg.model.torch_threads)
 
 
 def _seed_all(seed: int) -> None:
@@ -44,10 +45,10 @@ def _seed_all(seed: int) -> None:
 class EnvPoolWorker:
     """Many envs of one kind in one process; wraps the env kind's pool (envs/registry.py)."""
 
-    def __init__(self, cfg: Config, num_envs: int, worker_index: int = 0) -> None:
+    def __init__(self, spec: EnvSpec, num_envs: int, worker_index: int = 0) -> None:
         from envs.registry import make_pool
 
-        self.pool = make_pool(cfg, num_envs)
+        self.pool = make_pool(spec, num_envs)
         self.system_prompt = self.pool.system_prompt
         self.worker_index = worker_index
 
@@ -68,35 +69,22 @@ class EnvPoolWorker:
 
 
 class ShardedPool:
-    """EnvPoolLike over several EnvPoolWorkers (local objects or Ray actor handles): slot s -> shard s % n.
+    """EnvPoolLike over several EnvPoolWorker handles (local or Ray): slot s -> shard s % n.
 
     Calls to all shards are issued before any result is awaited, so Ray shards step in parallel.
     """
 
-    def __init__(self, shards: list[Any], protocol: Any, remote: bool) -> None:
-        self.shards, self.protocol, self.remote = shards, protocol, remote
+    def __init__(self, shards: list[Handle[EnvPoolWorker]], protocol: Any) -> None:
+        self.shards, self.protocol = shards, protocol
         self.system_prompt = protocol.system_prompt
-        sizes = self._gather([self._call(s, "num_envs") for s in shards])
-        self._sizes = [int(x) for x in sizes]
-
-    def _call(self, shard: Any, method: str, *args: Any) -> Any:
-        if self.remote:
-            return getattr(shard, method).remote(*args)
-        return getattr(shard, method)(*args)
-
-    def _gather(self, handles: list[Any]) -> list[Any]:
-        if self.remote:
-            import ray
-
-            return list(ray.get(handles))
-        return handles
+        self._sizes = [int(x) for x in gather(shards, [s.num_envs() for s in shards])]
 
     def num_envs(self) -> int:
         n = len(self.shards)
         return min(size * n for size in self._sizes)
 
     def task_ids(self) -> list[str]:
-        return list(self._gather([self._call(self.shards[0], "task_ids")])[0])
+        return list(self.shards[0].get(self.shards[0].task_ids()))
 
     def _split(self, slots: list[int], *cols: list[Any]) -> dict[int, tuple[list[int], list[int], list[list[Any]]]]:
         n = len(self.shards)
@@ -113,8 +101,8 @@ class ShardedPool:
     def _scatter(self, method: str, slots: list[int], *cols: list[Any]) -> list[Any]:
         parts = self._split(slots, *cols)
         keys = sorted(parts)
-        handles = [self._call(self.shards[k], method, parts[k][1], *parts[k][2]) for k in keys]
-        results = self._gather(handles)
+        shards = [self.shards[k] for k in keys]
+        results = gather(shards, [getattr(self.shards[k], method)(parts[k][1], *parts[k][2]) for k in keys])
         out: list[Any] = [None] * len(slots)
         for k, res in zip(keys, results):
             for pos, r in zip(parts[k][0], res):
@@ -140,22 +128,21 @@ class ShardedPool:
 class RolloutWorker:
     """Owns the rollout engine; drives episodes on the env shards; loads verified weights."""
 
-    def __init__(self, cfg: Config, env_shards: list[Any], remote_shards: bool, model_path: str) -> None:
+    def __init__(self, model: ModelConfig, rollout: RolloutConfig, seed: int, env: EnvSpec,
+                 env_shards: list[Handle[EnvPoolWorker]], model_path: str) -> None:
         from actors.engines import build_engine
         from actors.rollout import MultiTurnRollout
         from envs.registry import protocol_for
 
-        _threads(cfg)
-        self.cfg = cfg
-        path = model_path
-        self.engine = build_engine(cfg.rollout.engine, path, dtype=cfg.model.dtype,
-                                   torch_threads=cfg.model.torch_threads, seed=cfg.run.seed,
-                                   max_context=cfg.model.max_context,
-                                   sync_tolerance=cfg.rollout.weight_sync_tolerance)
-        self.pool = ShardedPool(env_shards, protocol_for(cfg), remote_shards)
-        s = cfg.rollout.sampling
-        self.rollout = MultiTurnRollout(self.engine, self.pool, max_turns=cfg.rollout.max_turns,
-                                        max_context=cfg.model.max_context, max_new_tokens=s.max_new_tokens,
+        torch.set_num_threads(model.torch_threads)
+        self.seed, self.group_size = seed, rollout.group_size
+        self.engine = build_engine(rollout.engine, model_path, dtype=model.dtype, torch_threads=model.torch_threads,
+                                   seed=seed, max_context=model.max_context,
+                                   sync_tolerance=rollout.weight_sync_tolerance)
+        self.pool = ShardedPool(env_shards, protocol_for(env))
+        s = rollout.sampling
+        self.rollout = MultiTurnRollout(self.engine, self.pool, max_turns=rollout.max_turns,
+                                        max_context=model.max_context, max_new_tokens=s.max_new_tokens,
                                         temperature=s.temperature, top_p=s.top_p, stop=s.stop)
         self.version = 0
         self.restarts_seen = 0
@@ -166,15 +153,17 @@ class RolloutWorker:
     def task_ids(self) -> list[str]:
         return self.pool.task_ids()
 
-    def run(self, task_ids: list[str], batch_index: int) -> Any:
-        """Roll out batch `batch_index` (seeded by it, so a re-run reproduces it). Env shards that die
-        mid-rollout (Ray restarts them) make the whole batch re-run: every episode is accounted for."""
-        seed = self.cfg.run.seed * 1_000_003 + batch_index
+    @returns(2)
+    def run(self, task_ids: list[str], batch_index: int) -> tuple[Any, dict[str, float]]:
+        """(TrajectoryBatch, rollout stats) of batch `batch_index` (seeded by it, so a re-run reproduces it).
+        Env shards that die mid-rollout (Ray restarts them) make the whole batch re-run: every episode is
+        accounted for."""
+        seed = self.seed * 1_000_003 + batch_index
         attempts = 0
         while True:
             try:
                 torch.manual_seed(seed)
-                batch = self.rollout.run(task_ids, self.cfg.rollout.group_size, seed=seed,
+                batch = self.rollout.run(task_ids, self.group_size, seed=seed,
                                          policy_version=self.version)
                 stats = dict(self.rollout.last_stats)
                 stats["env_restarts"] = float(attempts)
@@ -201,30 +190,25 @@ def _is_actor_death(e: BaseException) -> bool:
 
 
 class TeacherWorker:
-    """Holds the hindsight teacher (an HF engine with snapshot weights) and runs the scoring stage.
+    """Holds the hindsight teacher (an HF engine with snapshot weights) and runs the scoring stage: teacher
+    log-probs for the rows that have a hindsight source, composed by `learner.scoring.score_batch`.
 
     The snapshot is persisted to `snapshot_path` on every refresh, so a restarted actor (Ray re-runs
     __init__) comes back with the same snapshot and version.
     """
 
-    def __init__(self, cfg: Config, snapshot_path: str, model_path: str) -> None:
+    def __init__(self, model: ModelConfig, sync_tolerance: float, seed: int, env: EnvSpec, scoring: ScoringOptions,
+                 snapshot_path: str, model_path: str) -> None:
         from actors.engines import build_engine
         from actors.teacher import TeacherScorer
         from envs.registry import protocol_for
 
-        _threads(cfg)
-        self.cfg = cfg
+        torch.set_num_threads(model.torch_threads)
+        self.scoring = scoring.validate()
         self.snapshot_path = Path(snapshot_path)
-        path = model_path
-        engine = build_engine("hf", path, dtype=cfg.model.dtype, torch_threads=cfg.model.torch_threads,
-                              seed=cfg.run.seed, max_context=cfg.model.max_context * 2,
-                              sync_tolerance=cfg.rollout.weight_sync_tolerance)
-        proto = protocol_for(cfg)
-        so = cfg.stepopsd
-        self.scorer = TeacherScorer(engine, system_prompt=proto.system_prompt, hindsight_block=proto.hindsight_block,
-                                    teacher_user_message=proto.teacher_user_message, step_filter=so.step_filter,
-                                    credit_budget=so.credit_budget, adv_estimator=cfg.learner.adv_estimator,
-                                    enabled=so.lambda_mix > 0)
+        engine = build_engine("hf", model_path, dtype=model.dtype, torch_threads=model.torch_threads,
+                              seed=seed, max_context=model.max_context * 2, sync_tolerance=sync_tolerance)
+        self.scorer = TeacherScorer(engine, protocol=protocol_for(env), context=scoring.hindsight_context)
         if self.snapshot_path.exists():
             self._load_snapshot()
 
@@ -253,42 +237,45 @@ class TeacherWorker:
         os.replace(tmp, self.snapshot_path)
         return info
 
-    def score(self, traj_and_stats: tuple[Any, dict[str, float]], lam: float, alpha: float) -> Any:
-        traj, _ = traj_and_stats
-        return self.scorer.score(traj, lam=lam, alpha=alpha)
+    @returns(2)
+    def score(self, traj: Any, lam: float, alpha: float) -> tuple[Any, Any]:
+        """(ScoredBatch, its ScoreStats): the batch goes on to the learner by ref, the stats to the driver."""
+        from learner.scoring import hindsight_sources, needs_teacher, score_batch
 
-    def score_stats(self, scored: Any) -> dict[str, float]:
-        return dict(scored.stats)
+        t0 = time.perf_counter()
+        sources = hindsight_sources(traj)
+        t_logp = self.scorer.teacher_logp(traj, sources) if needs_teacher(sources, self.scoring) else None
+        scored = score_batch(traj, t_logp, sources, opts=self.scoring, lam=lam, alpha=alpha,
+                             teacher_version=self.scorer.version, seconds=time.perf_counter() - t0)
+        return scored, scored.stats
 
 
 class LearnerWorker:
     """The torch model + AdamW; PPO updates on scored batches; publishes versioned weights."""
 
-    def __init__(self, cfg: Config, model_path: str) -> None:
+    def __init__(self, model_cfg: ModelConfig, lc: LearnerConfig, seed: int, model_path: str) -> None:
         from actors.engines.base import probe_ids
         from actors.models import load_hf_model, load_tokenizer
         from learner.learner import Learner
 
-        _threads(cfg)
-        _seed_all(cfg.run.seed)
-        self.cfg = cfg
+        torch.set_num_threads(model_cfg.torch_threads)
+        _seed_all(seed)
+        self.lora = lc.lora.enabled
         path = model_path
-        model = load_hf_model(path, cfg.model.dtype)
+        model = load_hf_model(path, model_cfg.dtype)
         ref = None
-        if cfg.learner.kl_coef > 0:
-            ref = load_hf_model(path, cfg.model.dtype)
+        if lc.kl_coef > 0:
+            ref = load_hf_model(path, model_cfg.dtype)
             ref.eval()
             for p in ref.parameters():
                 p.requires_grad_(False)
-        if cfg.learner.lora.enabled:
+        if lc.lora.enabled:
             from peft import LoraConfig, get_peft_model
 
-            model = get_peft_model(model, LoraConfig(r=cfg.learner.lora.r, lora_alpha=cfg.learner.lora.alpha,
-                                                     target_modules="all-linear"))
-        if cfg.learner.gradient_checkpointing and hasattr(model, "gradient_checkpointing_enable"):
+            model = get_peft_model(model, LoraConfig(r=lc.lora.r, lora_alpha=lc.lora.alpha, target_modules="all-linear"))
+        if lc.gradient_checkpointing and hasattr(model, "gradient_checkpointing_enable"):
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             model.config.use_cache = False
-        lc = cfg.learner
         self.learner = Learner(model, lr=lc.lr, weight_decay=lc.weight_decay, ppo_clip=lc.ppo_clip,
                                ppo_clip_high=lc.ppo_clip_high, kl_coef=lc.kl_coef, aggregation=lc.aggregation,
                                grad_clip=lc.grad_clip, micro_batch_size=lc.micro_batch_size,
@@ -306,7 +293,7 @@ class LearnerWorker:
 
     def _merged_state(self) -> dict[str, torch.Tensor]:
         model = self.learner.model
-        if self.cfg.learner.lora.enabled:
+        if self.lora:
             import copy
 
             merged = copy.deepcopy(model).merge_and_unload()

@@ -12,7 +12,7 @@ Real ALFWorld env pool, real model, real Ray actors. Every arm starts from the s
 the arms). With `--warm-start CONFIG` the starting weights are that config's cached SFT warm start, so that
 groups contain successes and the hindsight teacher really runs (a random-init model wins no episode, the
 teacher then scores nothing and StepOPSD costs exactly what GRPO costs -- the teacher coverage is printed).
-If the warm start still wins nothing (coverage 0), `--env-adapter tests.fake_env` measures the same three arms
+If the warm start still wins nothing (coverage 0), `--env-adapter envs.scripted.adapter` measures the same three arms
 on the scripted test env, where a random model wins about half the episodes and the teacher really works.
 Each arm gets a fresh Ray instance (the previous arm's actors are killed and Ray is shut down), so no arm
 shares the 2 cores with idle actors of another. Step time = median of the driver's per-step wall time over
@@ -64,10 +64,9 @@ def run_arm(name: str, extra: list[str], args: argparse.Namespace, model: str, t
         if tr.remote:
             import ray
 
-            from services.experiment import _shutdown
-
             try:
-                _shutdown(tr)
+                if tr.fleet is not None:
+                    tr.fleet.shutdown()
             finally:
                 ray.shutdown()
     wall = time.perf_counter() - t0
@@ -102,7 +101,7 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--mode", default="ray", choices=["ray", "inprocess"])
     ap.add_argument("--env-adapter", default=None,
-                    help="env.adapter plugin instead of ALFWorld, e.g. tests.fake_env (random model wins ~half the "
+                    help="env.adapter plugin instead of ALFWorld, e.g. envs.scripted.adapter (random model wins ~half the "
                          "episodes, so the teacher scores nearly every trajectory: the teacher's full cost)")
     args = ap.parse_args()
     args.config = args.config or args.warm_start or "deploy/configs/alfworld_cpu.yaml"

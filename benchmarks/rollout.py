@@ -41,12 +41,13 @@ def bench(kind: str, args) -> dict:
     from actors.rollout import MultiTurnRollout
     from envs.registry import make_pool
     from services.config import load_config
+    from services.wiring import env_spec
 
     cfg = load_config(ROOT / "deploy/configs/alfworld_cpu.yaml",
                       [f"model.path={args.model}", f"rollout.max_turns={args.turns}"])
     path = resolve_model(cfg.model)
     eng = build_engine(kind, path, torch_threads=cfg.model.torch_threads, seed=0, max_context=cfg.model.max_context)
-    pool = make_pool(cfg, args.episodes)
+    pool = make_pool(env_spec(cfg), args.episodes)
     s = cfg.rollout.sampling
     rec = Recorder(eng)
     ro = MultiTurnRollout(rec, pool, max_turns=cfg.rollout.max_turns, max_context=cfg.model.max_context,

@@ -58,7 +58,7 @@ BENCHES: list[tuple[str, list[str], int, str]] = [
      "episode here, so with the zero-advantage skip (default) every update is ~free and async has nothing to "
      "overlap; this arm keeps the update's real cost (the work of a batch with wins)"),
     ("pipeline_fake_env", ["benchmarks/pipeline.py", "--model", "builtin:tiny-qwen2", "--env-adapter",
-                           "tests.fake_env", "--steps", "6", "--max-new-tokens", "64", "--mode", "ray"], 900,
+                           "envs.scripted.adapter", "--steps", "6", "--max-new-tokens", "64", "--mode", "ray"], 900,
      "the same pipeline ratios on the scripted test env (a random model wins ~half the episodes, so the hindsight "
      "teacher scores nearly every trajectory: its full cost shows)"),
 ]

@@ -48,6 +48,18 @@ class TextProtocol:
     teacher_user_message: Callable[[str, str], str]
 
 
+@dataclass(frozen=True)
+class EnvSpec:
+    """What an env kind is built from, handed over by the composition root (`services/wiring.env_spec`): the
+    kind, that kind's own config section, and the run-wide values envs need. Envs never see the config tree.
+    Picklable: it crosses into env-pool, rollout and teacher actors."""
+
+    kind: str  # a registered kind ("alfworld", "search", "scripted") or the import path of an adapter module
+    options: Any = None  # the kind's config section (AlfworldEnvConfig | SearchEnvConfig | ScriptedEnvConfig); None for plugins
+    cache_dir: str = "~/.cache/stepopsd"  # where generated games, corpora and KBs are cached
+    max_turns: int = 8  # model turns per episode (Search-QA forces an answer on the last one)
+
+
 @runtime_checkable
 class AgentEnv(Protocol):
     system_prompt: str

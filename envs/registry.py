@@ -1,35 +1,67 @@
-"""Env kinds by config name: the pool factory and the light-weight protocol object.
+"""Env kinds by name, behind one public API the composition root (services/) and the workers call.
 
-`protocol_for(cfg)` returns an object with `system_prompt`, `parse(text)`, `hindsight_block(actions)` and
-`teacher_user_message(first, block)` -- pure text functions, cheap to build in any process (the rollout
-and teacher actors need them without owning envs). `make_pool(cfg, n)` builds an EnvPoolLike of n envs.
+Every function takes an `EnvSpec` (envs/base.py): the kind, its own config section and the cache dir --
+never the config tree. An adapter module provides the hooks `make_pool(spec, n, split)`, `protocol(spec)`,
+`demonstrations(spec, split, limit)` and, optionally, `task_ids(spec, split)` (without it a one-env pool
+is built to read the ids). `protocol_for(spec)` returns the pure text functions (`system_prompt`,
+`parse`, `hindsight_block`, `teacher_user_message`) that rollout and teacher actors need without owning envs.
 """
 
 from __future__ import annotations
 
 import importlib
+from types import ModuleType
 from typing import Any
 
-from services.config import Config
+from envs.base import EnvSpec
 
-_ADAPTERS = {"alfworld": "envs.alfworld.adapter", "search": "envs.search.adapter"}
-
-
-def _adapter(cfg: Config) -> Any:
-    if cfg.env.adapter:
-        try:
-            return importlib.import_module(cfg.env.adapter)
-        except ImportError as e:
-            raise ValueError(f"env.adapter = {cfg.env.adapter!r}: cannot import it ({e})") from e
-    name = cfg.env.name
-    if name not in _ADAPTERS:
-        raise ValueError(f"env.name = {name!r}: unknown env kind; known: {sorted(_ADAPTERS)}")
-    return importlib.import_module(_ADAPTERS[name])
+KINDS = {"alfworld": "envs.alfworld.adapter", "search": "envs.search.adapter", "scripted": "envs.scripted.adapter"}
+SPLITS = ("train", "eval")
 
 
-def make_pool(cfg: Config, num_envs: int) -> Any:
-    return _adapter(cfg).make_pool(cfg, num_envs)
+def adapter(spec: EnvSpec) -> ModuleType:
+    """The adapter module of `spec.kind`: a registered name or an import path (plugins)."""
+    path = KINDS.get(spec.kind, spec.kind)
+    if "." not in path:
+        raise ValueError(f"env.name = {spec.kind!r}: unknown env kind; known: {sorted(KINDS)}")
+    try:
+        return importlib.import_module(path)
+    except ImportError as e:
+        raise ValueError(f"env.adapter = {spec.kind!r}: cannot import it ({e})") from e
 
 
-def protocol_for(cfg: Config) -> Any:
-    return _adapter(cfg).protocol(cfg)
+def _split(split: str) -> str:
+    if split not in SPLITS:
+        raise ValueError(f"split = {split!r}: expected one of {SPLITS}")
+    return split
+
+
+def make_pool(spec: EnvSpec, num_envs: int, split: str = "train") -> Any:
+    """An EnvPoolLike (envs/pool.py) of `num_envs` envs over the tasks of `split`."""
+    return adapter(spec).make_pool(spec, num_envs, split=_split(split))
+
+
+def protocol_for(spec: EnvSpec) -> Any:
+    return adapter(spec).protocol(spec)
+
+
+def task_ids(spec: EnvSpec, split: str = "train") -> list[str]:
+    """The task ids of `split`, cheaply when the adapter knows them without building envs."""
+    ad = adapter(spec)
+    if hasattr(ad, "task_ids"):
+        return list(ad.task_ids(spec, split=_split(split)))
+    return list(ad.make_pool(spec, 1, split=_split(split)).task_ids())
+
+
+def demonstrations(spec: EnvSpec, split: str = "train", limit: int | None = None) -> list[tuple[str, list[str]]]:
+    """(task_id, assistant turns) the SFT warm start imitates."""
+    return list(adapter(spec).demonstrations(spec, split=_split(split), limit=limit))
+
+
+def hook(spec: EnvSpec, name: str) -> Any:
+    """An optional adapter hook by name (e.g. the diagnosis hooks `check_case`, `case_pool`, `script_turns`,
+    `make_cases`); a clear error when the env kind does not provide it."""
+    fn = getattr(adapter(spec), name, None)
+    if fn is None:
+        raise ValueError(f"env kind {spec.kind!r} does not provide {name!r} (needed by this command)")
+    return fn

@@ -11,7 +11,7 @@ Shape legend: B trajectories, T tokens.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 import torch
@@ -41,6 +41,7 @@ class TrajectoryBatch:
     policy_version: int  # learner version of the weights that generated the batch
     pad_id: int = 0
     episode_ids: list[str] = field(default_factory=list)  # (B,) unique episode ids (accounting: nothing lost)
+    observations: list[list[str]] = field(default_factory=list)  # (B, turns) env text after each turn ("" if none)
 
     @property
     def batch_size(self) -> int:
@@ -73,8 +74,9 @@ class TrajectoryBatch:
         for name in ("task_ids", "task_types", "first_user_messages", "actions"):
             if len(getattr(self, name)) != B:
                 raise ValueError(f"TrajectoryBatch.{name}: expected {B} entries, got {len(getattr(self, name))}")
-        if self.episode_ids and len(self.episode_ids) != B:
-            raise ValueError(f"TrajectoryBatch.episode_ids: expected {B} entries, got {len(self.episode_ids)}")
+        for name in ("episode_ids", "observations"):
+            if getattr(self, name) and len(getattr(self, name)) != B:
+                raise ValueError(f"TrajectoryBatch.{name}: expected {B} entries, got {len(getattr(self, name))}")
         if bool(((self.span_roles < 0) | (self.span_roles > roles.PAD)).any()):
             raise ValueError("TrajectoryBatch.span_roles: values outside learner.roles")
         gen = self.generated_mask
@@ -86,6 +88,27 @@ class TrajectoryBatch:
         if not torch.equal(real, self.lengths):
             raise ValueError(f"TrajectoryBatch.lengths {self.lengths.tolist()} != non-pad counts {real.tolist()}")
         return self
+
+    @staticmethod
+    def concat(batches: list[TrajectoryBatch]) -> TrajectoryBatch:
+        """Rows of several batches as one, right-padded to the longest (pad ids from the first batch; pads get
+        role PAD, step -1, log-prob 0). The policy version is the oldest of them."""
+        T = max(b.input_ids.shape[1] for b in batches)
+        pad_value = {"input_ids": batches[0].pad_id, "span_roles": roles.PAD, "step_ids": -1, "behaviour_logp": 0.0}
+        out: dict[str, Any] = {}
+        for f in fields(TrajectoryBatch):
+            vals = [getattr(b, f.name) for b in batches]
+            if f.name in pad_value:
+                out[f.name] = torch.cat([torch.nn.functional.pad(v, (0, T - v.shape[1]), value=pad_value[f.name])
+                                         for v in vals])
+            elif isinstance(vals[0], torch.Tensor):
+                out[f.name] = torch.cat(vals)
+            elif isinstance(vals[0], list):
+                out[f.name] = [x for v in vals for x in v] if all(vals) else []
+            else:
+                out[f.name] = vals[0]
+        out["policy_version"] = min(b.policy_version for b in batches)
+        return TrajectoryBatch(**out).validate()
 
     def select(self, idx: list[int]) -> TrajectoryBatch:
         """Rows `idx` as a new batch (tensors indexed, lists picked)."""
@@ -103,6 +126,31 @@ class TrajectoryBatch:
 
 
 @dataclass
+class ScoreStats:
+    """What the scoring stage measured on one batch (the paper's tracked quantities + coverage and timing).
+
+    Std(delta) is the population std over shaped tokens; Var(A), Var(A^) are over generated tokens."""
+
+    delta_std: float = 0.0  # Std(delta) over shaped tokens
+    delta_mean: float = 0.0  # mean delta over shaped tokens
+    w_mean: float = 1.0  # mean weight over shaped tokens (1 when none)
+    w_std: float = 0.0  # std of the weights over shaped tokens
+    clip_frac: float = 0.0  # fraction of shaped tokens whose weight sits at the clip
+    adv_var: float = 0.0  # Var(A) over generated tokens
+    adv_hat_var: float = 0.0  # Var(A^) over generated tokens
+    adv_var_ratio: float = 1.0  # Var(A^) / Var(A) (1 when Var(A) is 0)
+    nonfinite_count: float = 0.0  # shaped tokens whose delta was non-finite (replaced by 0)
+    shaped_tokens: float = 0.0  # tokens shaped (step filter AND teacher available)
+    teacher_coverage: float = 0.0  # fraction of trajectories with a hindsight source
+    no_teacher_count: float = 0.0  # trajectories without one (w = 1)
+    lowest_delta_step_share: float = 0.0  # failed trajectories with a teacher: share of |A^ - A| on their lowest-delta step
+    score_seconds: float = 0.0  # wall time of the scoring stage (teacher forward included)
+
+    def as_dict(self) -> dict[str, float]:
+        return {k: float(v) for k, v in asdict(self).items()}
+
+
+@dataclass
 class ScoredBatch:
     """A TrajectoryBatch after the StepOPSD scoring stage: what the learner consumes."""
 
@@ -115,7 +163,7 @@ class ScoredBatch:
     teacher_version: int  # learner version the teacher snapshot was taken at (-1: none used)
     lam: float  # lambda in force
     alpha: float  # alpha_clip in force
-    stats: dict[str, float] = field(default_factory=dict)  # shaping stats + coverage etc.
+    stats: ScoreStats = field(default_factory=ScoreStats)  # shaping stats + coverage and timing
 
     def validate(self) -> ScoredBatch:
         self.traj.validate()

@@ -1,16 +1,30 @@
 """StepOPSD advantage shaping (DESIGN.md section 1, steps 5-7).
 
 Given the GRPO token advantage A, the student's log-probs of its own tokens and a hindsight teacher's
-log-probs of the same tokens, reweight A inside each step without changing its sign:
+log-probs of the same tokens, reweight A inside the trajectory without changing its sign:
 
     delta_t = log p_T(y_t | hindsight ctx) - log p_S(y_t | ctx)                       (step 5)
     w_t     = clip(2 * sigmoid(sign(A_t) * delta_t), 1 - alpha, 1 + alpha)            (step 5)
-    w_t    <- clip(w_t / mean_{t' in step(t)} w_t', 1 - alpha, 1 + alpha)  if step_mean (step 6)
+    w_t    <- budget(w, delta), then clip again to [1 - alpha, 1 + alpha]              (step 6)
     A^_t    = (1 - lam) * A_t + lam * w_t * A_t = A_t * (1 + lam * (w_t - 1))          (step 7)
 
+Credit budgets (step 6). The paper's "normalised per-step credit budget" admits several readings; we
+offer them side by side (implemented in learner/credit.py):
+
+- `step_mean`: w_t <- w_t / mean_{t' in step(t)} w_t'. Each step's shaped weights average 1, so a step
+  keeps its total credit |s| * A, redistributed among its own tokens (up to the second clip).
+- `trajectory_mean`: w_t <- w_t / mean_{t' in row} w_t' over all shaped tokens of the trajectory. The
+  trajectory keeps its total credit, but credit moves between steps: toward the steps the teacher supports
+  (delta > 0) when A > 0, toward the steps it disputes (delta < 0) when A < 0.
+- `step_level`: one weight per step, w_s = clip(2 * sigmoid(sign(A) * mean_{t in s} delta_t)), divided by
+  its mean over the trajectory's shaped steps (each step counted once); every shaped token of s gets w_s.
+- `none`: the per-token weights as they are.
+
+Tokens with step id -1 (outside steps; shaped only under `all_generated`) form one pseudo-step per row.
+
 Since w_t in [1 - alpha, 1 + alpha] with alpha < 1 and lam in [0, 1], 1 + lam (w_t - 1) > 0: the sign of
-A is kept and |A^ - A| <= lam * alpha * |A|. A = 0 gives w = 1 (2 sigmoid(0) = 1). Non-finite delta
-(a -inf log-prob from either model) is replaced by 0, i.e. w = 1, and counted.
+A is kept and |A^ - A| <= lam * alpha * |A| under every budget. A = 0 gives w = 1 (2 sigmoid(0) = 1).
+Non-finite delta (a -inf log-prob from either model) is replaced by 0, i.e. w = 1, and counted.
 
 Departure from the paper: the paper does not say whether Std(delta) is over shaped tokens or all tokens;
 we report the population std (correction 0) over shaped tokens, after the non-finite replacement.
@@ -20,31 +34,26 @@ from __future__ import annotations
 
 import torch
 
-CREDIT_BUDGETS = ("step_mean", "none")
+from learner.credit import (
+    error_step_credit_share,
+    lowest_delta_step,
+    step_credit_share,
+    step_level_weights,
+    step_mean_delta,
+    step_mean_rescale,
+    trajectory_mean_rescale,
+)
 
+__all__ = [
+    "CREDIT_BUDGETS",
+    "error_step_credit_share",
+    "lowest_delta_step",
+    "shape_advantages",
+    "step_credit_share",
+    "step_mean_delta",
+]
 
-def _step_mean_rescale(
-    w: torch.Tensor, shape_mask: torch.Tensor, step_ids: torch.Tensor
-) -> torch.Tensor:
-    """Rescale shaped weights so each (row, step) averages 1.
-
-    w: (B, T) float; shape_mask: (B, T) bool; step_ids: (B, T) long. Returns (B, T) float; tokens off the
-    mask are returned unchanged. Tokens with step id -1 (outside steps, only under `all_generated`) form
-    one pseudo-step per row.
-    """
-    B, T = w.shape
-    n_slots = int(step_ids.max().item()) + 2 if step_ids.numel() else 1  # step -1 -> slot 0
-    key = torch.arange(B, device=w.device)[:, None] * n_slots + (step_ids + 1).clamp(min=0)  # (B, T)
-    key_m = key[shape_mask]  # (N,)
-    w_m = w[shape_mask].to(torch.float64)  # (N,)
-    sums = torch.zeros(B * n_slots, dtype=torch.float64, device=w.device).index_add_(0, key_m, w_m)
-    cnts = torch.zeros(B * n_slots, dtype=torch.float64, device=w.device).index_add_(
-        0, key_m, torch.ones_like(w_m)
-    )
-    mean = sums[key_m] / cnts[key_m]  # (N,) > 0 since every w > 0
-    out = w.clone()
-    out[shape_mask] = (w_m / mean).to(w.dtype)
-    return out
+CREDIT_BUDGETS = ("step_mean", "trajectory_mean", "step_level", "none")
 
 
 def shape_advantages(
@@ -70,7 +79,9 @@ def shape_advantages(
         step_ids: (B, T) long, step index of each token, -1 outside steps.
         lam: mixing coefficient lambda in [0, 1].
         alpha: weight clip alpha_clip in [0, 1).
-        credit_budget: "step_mean" (each step's shaped weights average 1) or "none".
+        credit_budget: one of CREDIT_BUDGETS (module docstring): "step_mean" (each step's shaped weights
+            average 1), "trajectory_mean" (each trajectory's shaped weights average 1), "step_level" (one
+            weight per step from its mean delta, normalised over steps) or "none".
         token_mask: (B, T) bool, tokens over which Var(A) and Var(A^) are reported (the trained tokens);
             defaults to `shape_mask`.
 
@@ -101,8 +112,13 @@ def shape_advantages(
     lo, hi = 1.0 - alpha, 1.0 + alpha
     w = (2.0 * torch.sigmoid(torch.sign(adv) * delta)).clamp(lo, hi)  # (B, T)
     w = torch.where(shape_mask, w, torch.ones_like(w))
-    if credit_budget == "step_mean" and bool(shape_mask.any()):
-        w = _step_mean_rescale(w, shape_mask, step_ids).clamp(lo, hi)
+    if bool(shape_mask.any()):
+        if credit_budget == "step_mean":
+            w = step_mean_rescale(w, shape_mask, step_ids).clamp(lo, hi)
+        elif credit_budget == "trajectory_mean":
+            w = trajectory_mean_rescale(w, shape_mask).clamp(lo, hi)
+        elif credit_budget == "step_level":
+            w = step_level_weights(delta, adv, shape_mask, step_ids, lo, hi)
 
     if lam == 0.0:
         adv_hat = adv.clone()  # lambda = 0 is plain GRPO, bit for bit

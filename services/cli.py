@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "services.rollout_cli",  # rollout, sft
     "services.train_cli",  # train
     "services.experiment",  # experiment
+    "services.diagnose",  # diagnose localize | make-cases
 ]
 
 

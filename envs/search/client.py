@@ -21,6 +21,19 @@ class SearchServiceError(RuntimeError):
     """The retrieval service is down, unreachable, or rejected the request."""
 
 
+def health_url(retrieve_url: str) -> str:
+    return retrieve_url.rsplit("/", 1)[0] + "/health"
+
+
+def probe(retrieve_url: str, timeout_s: float = 1.0) -> dict | None:
+    """The /health answer of a service at `retrieve_url`, or None when nothing (healthy) answers."""
+    try:
+        r = httpx.get(health_url(retrieve_url), timeout=timeout_s)
+        return r.json() if r.status_code == 200 else None
+    except (httpx.HTTPError, ValueError):
+        return None
+
+
 def run_sync(coro: Coroutine[Any, Any, T]) -> T:
     """Run `coro` to completion from sync code, also when the caller already runs an event loop."""
     try:

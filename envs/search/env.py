@@ -118,11 +118,9 @@ class SearchEnvPool(SerialEnvPool):
     """EnvPoolLike over SearchEnvs; each `step` sends all slots' queries in ONE async batched retrieval.
     num_envs / task_ids / reset / parse / hindsight come from SerialEnvPool; step is overridden."""
 
-    def __init__(self, tasks: list[QATask], client: RetrievalClient, num_envs: int, max_turns: int = 4,
-                 service: Any = None) -> None:
+    def __init__(self, tasks: list[QATask], client: RetrievalClient, num_envs: int, max_turns: int = 4) -> None:
         super().__init__(lambda: SearchEnv(tasks, client, max_turns), num_envs)
         self.client = client
-        self.service = service  # an in-process ServiceHandle this pool started (kept alive with the pool)
         self.system_prompt = protocol.SYSTEM_PROMPT
         self.retrieval_calls = 0  # HTTP batches issued (one per step with any search)
 

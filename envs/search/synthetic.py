@@ -11,7 +11,9 @@ Everything is a pure function of the seed.
 
 from __future__ import annotations
 
+import os
 import random
+import shutil
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -188,3 +190,17 @@ def raw_question_hit_rate(kb: SyntheticKB, retrieve_ids: Callable[[list[str], in
     got = retrieve_ids([t.question for t in tasks], k)
     hits = sum(kb.answer_doc[t.id] in ids for t, ids in zip(tasks, got))
     return hits, len(tasks)
+
+
+def ensure_synthetic_kb(cache_dir: str | Path, seed: int = 0) -> tuple[Path, Path]:
+    """(corpus.jsonl, questions.jsonl) of the seeded synthetic KB under `<cache>/search/synthetic-s<seed>/`."""
+    out = Path(cache_dir).expanduser() / "search" / f"synthetic-s{seed}"
+    corpus, questions = out / "corpus.jsonl", out / "questions.jsonl"
+    if not (corpus.exists() and questions.exists()):
+        # Write both files beside, then move them in questions-last: concurrent builders write identical bytes.
+        tmp = out / f".tmp-{os.getpid()}"
+        write_kb(generate_kb(seed), tmp)
+        (tmp / "corpus.jsonl").replace(corpus)
+        (tmp / "questions.jsonl").replace(questions)
+        shutil.rmtree(tmp, ignore_errors=True)
+    return corpus, questions

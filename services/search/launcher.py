@@ -1,9 +1,9 @@
 """Start the retrieval service in-process (uvicorn in a daemon thread) on a free loopback port.
 
-Used by tests, by `build_search_pool` when `start_service` is true and nothing answers at the configured url,
-and by the standalone CLI (`serve`, which runs uvicorn in the foreground instead). A thread, not a process:
-the index is memory-mapped and bm25s scoring is numpy, so it shares the env pool's process cheaply and dies
-with it.
+Used by tests, by `ensure_service` (the driver, when `env.search.start_service` is true and nothing answers at
+the configured url: envs only speak HTTP), and by the standalone CLI (`serve`, which runs uvicorn in the
+foreground instead). A thread, not a process: the index is memory-mapped and bm25s scoring is numpy, so it
+shares the driver's process cheaply and dies with it.
 """
 
 from __future__ import annotations
@@ -13,27 +13,16 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
-import httpx
+from envs.search.client import SearchServiceError, health_url, probe  # noqa: F401 -- probe/health_url re-exported
+from envs.search.config import SearchEnvConfig
 
 
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
-
-
-def health_url(retrieve_url: str) -> str:
-    return retrieve_url.rsplit("/", 1)[0] + "/health"
-
-
-def probe(retrieve_url: str, timeout_s: float = 1.0) -> dict | None:
-    """The /health answer of a service at `retrieve_url`, or None when nothing (healthy) answers."""
-    try:
-        r = httpx.get(health_url(retrieve_url), timeout=timeout_s)
-        return r.json() if r.status_code == 200 else None
-    except (httpx.HTTPError, ValueError):
-        return None
 
 
 @dataclass
@@ -70,3 +59,33 @@ def start_service(index_dir: str | Path, retriever: str = "bm25", host: str = "1
         time.sleep(0.05)
     server.should_exit = True
     raise RuntimeError(f"retrieval service on {host}:{port} did not become ready within {ready_timeout_s}s")
+
+
+_LOOPBACK = {"127.0.0.1", "localhost"}
+
+
+def ensure_service(cfg: SearchEnvConfig, cache_dir: str | Path) -> tuple[str, ServiceHandle | None]:
+    """A URL where a retrieval service for `cfg` answers, and the handle of the one started here (else None).
+
+    Nothing answers at `cfg.url` and `start_service` is true: the corpus's index is resolved (built into the
+    cache on first use) and served in this process, on `url`'s own port when that is a free loopback port (so
+    sibling processes on the node find it at the configured address), else on a free loopback port.
+    """
+    from services.search.resolve import resolve_index
+
+    if probe(cfg.url, min(cfg.timeout_s, 2.0)) is not None:
+        return cfg.url, None
+    if not cfg.start_service:
+        raise SearchServiceError(
+            f"no retrieval service answers at {cfg.url} and env.search.start_service is false: start one with "
+            f"`stepopsd search serve --port {urlsplit(cfg.url).port or 8000}` or enable start_service")
+    index = resolve_index(cfg.corpus, cache_dir, "synthetic" if cfg.data is None else "wiki")
+    parts = urlsplit(cfg.url)
+    if parts.hostname in _LOOPBACK and parts.port:
+        try:
+            return cfg.url, start_service(index, host="127.0.0.1", port=parts.port, ready_timeout_s=15)
+        except RuntimeError:  # port taken (maybe a sibling just started it)
+            if probe(cfg.url) is not None:
+                return cfg.url, None
+    service = start_service(index)
+    return service.url, service

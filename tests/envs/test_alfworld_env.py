@@ -236,7 +236,7 @@ def test_check_dir_walkthrough_and_failure(games_dir, tmp_path):
 
 
 def test_env_from_config_uses_games_dir(games_dir):
-    from services.config import AlfworldEnvConfig
+    from envs.alfworld.config import AlfworldEnvConfig
 
     cfg = AlfworldEnvConfig(games_dir=str(games_dir), task_types=["look_at_obj_in_light"], max_steps=7)
     env = env_from_config(cfg)
@@ -247,8 +247,8 @@ def test_env_from_config_uses_games_dir(games_dir):
 
 
 def test_generated_sets_follow_per_type_eval_per_type_and_room_size(tmp_path):
+    from envs.alfworld.config import AlfworldEnvConfig
     from envs.alfworld.pool import games_dir_from_config
-    from services.config import AlfworldEnvConfig
 
     cfg = AlfworldEnvConfig(per_type=2, eval_per_type=1, task_types=["look_at_obj_in_light"],
                             max_receptacles=4, max_distractor_classes=2)

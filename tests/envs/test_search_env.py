@@ -4,12 +4,12 @@ answer, invalid turns, truncation, one batched HTTP call per pool step, and a cl
 import pytest
 
 from envs.search.client import RetrievalClient, SearchServiceError
+from envs.search.config import SearchEnvConfig
 from envs.search.env import SearchEnv, SearchEnvPool
 from envs.search.factory import build_search_pool
 from envs.search.synthetic import generate_kb, write_kb
-from services.config import SearchEnvConfig
 from services.search.index import build_index
-from services.search.launcher import free_port, start_service
+from services.search.launcher import ensure_service, free_port, start_service
 
 
 @pytest.fixture(scope="module")
@@ -89,44 +89,50 @@ def test_service_down_is_a_clear_error(tmp_path):
     with pytest.raises(SearchServiceError, match="down or unreachable after 3 attempts"):
         client.retrieve(["q"])
     with pytest.raises(SearchServiceError, match="start_service is false"):
-        build_search_pool(SearchEnvConfig(url=url, start_service=False), tmp_path)
+        ensure_service(SearchEnvConfig(url=url, start_service=False), tmp_path)
+    with pytest.raises(SearchServiceError, match="no retrieval service answers at env.search.url"):
+        build_search_pool(SearchEnvConfig(url=url), tmp_path)  # the env only speaks HTTP: it starts nothing
 
 
 def test_default_pool_zero_setup(tmp_path):
-    """Synthetic KB + index built into the cache dir, service started on the url's free loopback port."""
+    """Synthetic KB + index built into the cache dir, service started (by the driver's ensure_service) on the
+    url's free loopback port; the pool is handed the url."""
     url = f"http://127.0.0.1:{free_port()}/retrieve"
-    pool = build_search_pool(SearchEnvConfig(url=url), tmp_path, num_envs=2, max_turns=3)
+    got_url, service = ensure_service(SearchEnvConfig(url=url), tmp_path)
+    pool = build_search_pool(SearchEnvConfig(url=got_url), tmp_path, num_envs=2, max_turns=3)
     try:
-        assert pool.client.url == url and pool.service is not None
+        assert pool.client.url == url and service is not None
         assert (tmp_path / "search" / "synthetic-s0" / "index" / "meta.json").exists()
         tid = pool.task_ids()[0]
         first, info = pool.reset([0], [tid], [0])[0]
         assert info["task_type"].startswith("synthetic_")
         obs, *_ = pool.step([0], ["<search>founded</search>"])[0]
         assert obs.startswith("<information>")
-        # a second pool finds the running service instead of starting another
-        again = build_search_pool(SearchEnvConfig(url=url), tmp_path, num_envs=1)
-        assert again.service is None and again.client.url == url
+        # a second driver finds the running service instead of starting another
+        again_url, again = ensure_service(SearchEnvConfig(url=url), tmp_path)
+        assert again is None and again_url == url
     finally:
-        pool.service.stop()
+        service.stop()
 
 
 def test_registry_builds_search_pool(tmp_path):
     from envs.registry import make_pool, protocol_for
+    from services import wiring
     from services.config import Config
 
     url = f"http://127.0.0.1:{free_port()}/retrieve"
     cfg = Config.model_validate({"model": {"cache_dir": str(tmp_path)}, "rollout": {"max_turns": 3},
                                  "env": {"name": "search", "search": {"url": url}}})
-    pool = make_pool(cfg, 2)
+    spec = wiring.env_spec(cfg)  # the composition root starts the service and hands the env its url
+    pool = make_pool(spec, 2)
     try:
         assert pool.num_envs() == 2 and pool.envs[0].max_turns == 3
-        proto = protocol_for(cfg)
+        proto = protocol_for(spec)
         assert proto.parse("<search>x</search>").kind == "search"
         assert proto.system_prompt == pool.system_prompt
         assert "Final answer: B" in proto.teacher_user_message("Q", proto.hindsight_block(["a", "B"]))
     finally:
-        pool.service.stop()
+        wiring.stop_retrieval_services()
 
 
 def test_synthetic_questions_split_train_eval(tmp_path):
@@ -156,13 +162,16 @@ def test_demonstrations_take_both_hops_and_win_through_the_service(tmp_path):
     url = f"http://127.0.0.1:{free_port()}/retrieve"
     cfg = load_config(None, ["env.name=search", f"env.search.url={url}", f"model.cache_dir={tmp_path}",
                              "model.path=builtin:tiny-qwen2", "rollout.max_turns=3", "sft.max_examples=12"])
-    demos = demonstrations(cfg, limit=12)
+    from services.wiring import env_spec
+
+    spec = env_spec(cfg, serve=False)
+    demos = demonstrations(spec, limit=12)
     kb = generate_kb(0)
     two_hop = [(tid, turns) for tid, turns in demos if tid in kb.bridge]
     assert two_hop and all(len(turns) == 3 and f"<search>{kb.bridge[tid]}</search>" in turns[1]
                            for tid, turns in two_hop)
     assert all(len(turns) == 2 for tid, turns in demos if tid not in kb.bridge)
-    held = {tid for tid, _ in demonstrations(cfg, split="eval")}
-    assert not held & {tid for tid, _ in demonstrations(cfg)}
+    held = {tid for tid, _ in demonstrations(spec, split="eval")}
+    assert not held & {tid for tid, _ in demonstrations(spec)}
     batch, n = build_sft_batch(cfg, load_tokenizer(resolve_model(cfg.model)))
     assert n == 12 and batch.batch_size == 12  # every scripted replay won

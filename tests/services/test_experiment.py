@@ -43,7 +43,7 @@ def test_alpha_table_means_over_probes_and_clipping_bounds_the_shaping(tmp_path:
 
 
 def test_run_one_reuses_a_saved_result_only_for_the_same_config(tmp_path: Path, monkeypatch) -> None:
-    cfg = load_config(None, ["env.adapter=tests.fake_env", f"run.dir={tmp_path / 'grpo_s0'}"])
+    cfg = load_config(None, ["env.name=scripted", f"run.dir={tmp_path / 'grpo_s0'}"])
     run_dir = tmp_path / "grpo_s0"
     run_dir.mkdir()
     saved = {"fingerprint": experiment._fingerprint(cfg), "eval": {"success_rate": 0.5}, "train_seconds": 1.0,
@@ -51,12 +51,12 @@ def test_run_one_reuses_a_saved_result_only_for_the_same_config(tmp_path: Path, 
     (run_dir / "result.json").write_text(json.dumps(saved))
 
     class Boom:
-        def __init__(self, cfg) -> None:
+        def __init__(self, cfg, **kw) -> None:
             raise RuntimeError("trained again")
 
     monkeypatch.setattr("services.train.Trainer", Boom)
     assert experiment.run_one(cfg, "grpo", tmp_path, 4) == saved
-    other = load_config(None, ["env.adapter=tests.fake_env", f"run.dir={run_dir}", "learner.lr=0.5"])
+    other = load_config(None, ["env.name=scripted", f"run.dir={run_dir}", "learner.lr=0.5"])
     with pytest.raises(RuntimeError, match="trained again"):
         experiment.run_one(other, "grpo", tmp_path, 4)
 
@@ -81,7 +81,7 @@ def test_render_markdown_marks_partial_reports() -> None:
 
 
 def test_run_isolated_names_the_failed_run_and_keeps_nothing_half_done(tmp_path: Path) -> None:
-    cfg = load_config(None, ["env.adapter=tests.fake_env", f"run.dir={tmp_path / 'opd_s1'}", "run.name=opd_s1",
+    cfg = load_config(None, ["env.name=scripted", f"run.dir={tmp_path / 'opd_s1'}", "run.name=opd_s1",
                              f"model.path={tmp_path / 'no-such-model'}"])
     with pytest.raises(RuntimeError, match=r"experiment run opd_s1 .* failed in its child process"):
         experiment.run_isolated(cfg, "opd", tmp_path, 1)
@@ -92,7 +92,7 @@ def test_run_isolated_names_the_failed_run_and_keeps_nothing_half_done(tmp_path:
 def test_experiment_end_to_end_with_the_tiny_model(tmp_path: Path) -> None:
     """Two arms x one seed for real (each run in its child process): report, curves, alpha table, the final
     policy kept and the runs' resume state pruned."""
-    over = ["env.adapter=tests.fake_env", "model.path=builtin:tiny-qwen2", "model.torch_threads=1",
+    over = ["env.name=scripted", "model.path=builtin:tiny-qwen2", "model.torch_threads=1",
             "model.max_context=512", "rollout.group_size=4", "rollout.tasks_per_step=2", "rollout.max_turns=2",
             "rollout.sampling.max_new_tokens=12", "stepopsd.alpha_clip=0.2", "learner.lr=1e-3",
             "learner.micro_batch_size=4", "pipeline.mode=inprocess", "pipeline.max_staleness=0", "sft.enabled=false",

@@ -12,7 +12,7 @@ from services.config import load_config
 from services.train import Trainer, tasks_for_batch, train
 
 BASE = [
-    "env.adapter=tests.fake_env", "model.path=builtin:tiny-qwen2", "model.torch_threads=1", "model.max_context=512",
+    "env.name=scripted", "model.path=builtin:tiny-qwen2", "model.torch_threads=1", "model.max_context=512",
     "rollout.group_size=4", "rollout.tasks_per_step=2", "rollout.max_turns=2",
     "rollout.sampling.max_new_tokens=12", "stepopsd.lambda_mix=0.5", "stepopsd.alpha_clip=0.2",
     "stepopsd.teacher_refresh_every=2", "stepopsd.schedule.kind=constant", "learner.lr=1e-3",
@@ -36,19 +36,24 @@ def _plain_sync_loop(cfg, steps):
 
     cfg.run.dir and __import__("pathlib").Path(cfg.run.dir).mkdir(parents=True, exist_ok=True)
 
+    from actors.handle import Handle
     from actors.models import resolve_model
+    from services.wiring import env_spec, scoring_options
 
     mp = str(resolve_model(cfg.model))
-    env = EnvPoolWorker(cfg, cfg.batch_size)
-    rw = RolloutWorker(cfg, [env], False, mp)
-    tw = TeacherWorker(cfg, str(cfg.run.dir) + "/snap.safetensors", mp)
-    lw = LearnerWorker(cfg, mp)
+    spec = env_spec(cfg)
+    env = Handle(EnvPoolWorker(spec, cfg.batch_size), EnvPoolWorker)
+    rw = RolloutWorker(cfg.model, cfg.rollout, cfg.run.seed, spec, [env], mp)
+    tw = TeacherWorker(cfg.model, cfg.rollout.weight_sync_tolerance, cfg.run.seed, spec, scoring_options(cfg),
+                       str(cfg.run.dir) + "/snap.safetensors", mp)
+    lw = LearnerWorker(cfg.model, cfg.learner, cfg.run.seed, mp)
     sched = build_schedule("constant", lambda_mix=cfg.stepopsd.lambda_mix, alpha_clip=cfg.stepopsd.alpha_clip)
     tasks = rw.task_ids()
     for n in range(steps):
-        traj = rw.run(tasks_for_batch(tasks, n, cfg.rollout.tasks_per_step, cfg.run.seed), n)
+        traj, _ = rw.run(tasks_for_batch(tasks, n, cfg.rollout.tasks_per_step, cfg.run.seed), n)
         lam, alpha = sched.current(n)
-        lw.update(tw.score(traj, lam, alpha))
+        scored, _ = tw.score(traj, lam, alpha)
+        lw.update(scored)
         packet = lw.publish()
         rw.load_weights(packet)
         if (n + 1) % cfg.stepopsd.teacher_refresh_every == 0:
@@ -101,17 +106,19 @@ def test_crash_resume_with_inflight_stale_batch(tmp_path, monkeypatch):
     run that dies after step 2 and resumes trains on exactly what the uninterrupted run trained on."""
     s = "pipeline.max_staleness=1"
     straight = train(None, BASE + [f"run.dir={tmp_path / 'straight'}", "run.steps=4", s])
-    orig = Trainer._emit
+    from services.reporting import StepReporter
+
+    orig = StepReporter.emit
 
     def dying_emit(self, row):
         if row["step"] == 3:
             raise KeyboardInterrupt("simulated driver death")
         orig(self, row)
 
-    monkeypatch.setattr(Trainer, "_emit", dying_emit)
+    monkeypatch.setattr(StepReporter, "emit", dying_emit)
     with pytest.raises(KeyboardInterrupt):
         train(None, BASE + [f"run.dir={tmp_path / 'crash'}", "run.steps=4", s])
-    monkeypatch.setattr(Trainer, "_emit", orig)
+    monkeypatch.setattr(StepReporter, "emit", orig)
     resumed = train(None, [], resume=str(tmp_path / "crash"))
     a, b = _final_weights(straight, 4), _final_weights(resumed, 4)
     for k in a:

@@ -36,10 +36,7 @@ def _rows(run_dir):
 
 
 def _kill_actors(trainer):
-    import ray
-
-    for h in [*trainer.env_actors, trainer.rollout.target, trainer.teacher.target, trainer.learner.target]:
-        ray.kill(h, no_restart=True)
+    trainer.fleet.shutdown()
 
 
 @pytest.mark.parametrize("staleness", [0, 1])
@@ -78,16 +75,13 @@ def _wait_for(pred, timeout=120.0):
     return False
 
 
-def test_env_actor_killed_mid_rollout(ray_session, tmp_path, monkeypatch):
-    from actors import ray_actors
-
-    monkeypatch.setitem(ray_actors.ACTOR_ENV, "FAKE_ENV_STEP_SLEEP", "0.25")
+def test_env_actor_killed_mid_rollout(ray_session, tmp_path):
     cfg = _cfg(tmp_path, "envkill", "run.steps=3", "pipeline.mode=ray", "pipeline.max_staleness=0",
-               "env.num_env_workers=2")
+               "env.num_env_workers=2", "env.scripted.step_sleep_s=0.25")
     tr = Trainer(cfg)
     th, box = _run_in_thread(tr)
-    assert _wait_for(lambda: hasattr(tr, "env_actors") and (tr.run_dir / "metrics.jsonl").exists())
-    pid = ray_session.get(tr.env_actors[0].getpid.remote())
+    assert _wait_for(lambda: tr.fleet is not None and (tr.run_dir / "metrics.jsonl").exists())
+    pid = ray_session.get(tr.fleet.envs[0].target.getpid.remote())
     time.sleep(0.4)  # inside step 2's rollout: env steps take 0.25 s each
     os.kill(pid, signal.SIGKILL)
     th.join(300)
@@ -97,7 +91,7 @@ def test_env_actor_killed_mid_rollout(ray_session, tmp_path, monkeypatch):
     assert sum(r["env_restarts"] for r in rows) >= 1  # the batch was re-run after the restart
     for r in rows:  # nothing lost: every step trained on a full batch of distinct episodes
         assert r["episodes"] == cfg.batch_size and len(set(r["episode_ids"])) == cfg.batch_size
-    new_pid = ray_session.get(tr.env_actors[0].getpid.remote())
+    new_pid = ray_session.get(tr.fleet.envs[0].target.getpid.remote())
     assert new_pid != pid
     _kill_actors(tr)
 
@@ -109,7 +103,7 @@ def test_teacher_actor_killed_mid_score(ray_session, tmp_path):
     th, box = _run_in_thread(tr)
     assert _wait_for(lambda: (tr.run_dir / "metrics.jsonl").exists()
                      and len((tr.run_dir / "metrics.jsonl").read_text().splitlines()) >= 2)
-    pid = ray_session.get(tr.teacher.target.getpid.remote())
+    pid = ray_session.get(tr.fleet.teacher.target.getpid.remote())
     os.kill(pid, signal.SIGKILL)
     th.join(300)
     assert "error" not in box, box.get("error")
@@ -117,16 +111,16 @@ def test_teacher_actor_killed_mid_score(ray_session, tmp_path):
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     assert all(r["episodes"] == cfg.batch_size for r in rows)
     # the restarted teacher came back with its persisted snapshot (refresh every step -> version 4)
-    assert ray_session.get(tr.teacher.target.getpid.remote()) != pid
-    assert ray_session.get(tr.teacher.target.version.remote()) == 4
+    assert ray_session.get(tr.fleet.teacher.target.getpid.remote()) != pid
+    assert ray_session.get(tr.fleet.teacher.target.version.remote()) == 4
     _kill_actors(tr)
 
 
 def test_driver_killed_then_resumed(tmp_path):
     """SIGKILL the whole `stepopsd train` process after its step-2 checkpoint; --resume finishes the run with
     the same weights as an uninterrupted run (in-process pipeline: the driver process holds everything)."""
-    args = [*BASE, "run.steps=4", "checkpoint.every=2", "pipeline.max_staleness=1"]
-    env = {**os.environ, "FAKE_ENV_STEP_SLEEP": "0.1", "HF_HUB_OFFLINE": "1"}
+    args = [*BASE, "run.steps=4", "checkpoint.every=2", "pipeline.max_staleness=1", "env.scripted.step_sleep_s=0.1"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     cli = [sys.executable, "-m", "services.cli", "train"]
     straight = tmp_path / "straight"
     subprocess.run([*cli, *sum((["--set", a] for a in [*args, f"run.dir={straight}"]), [])], check=True,
@@ -143,3 +137,16 @@ def test_driver_killed_then_resumed(tmp_path):
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
     assert [r["step"] for r in _rows(crash)] == [1, 2, 3, 4]
+
+
+def test_smoke_config_one_ray_step(ray_session, tmp_path):
+    """deploy/configs/smoke_cpu.yaml, the config other checks build on: one Ray-mode step, teacher shaping."""
+    cfg = load_config(ROOT / "deploy/configs/smoke_cpu.yaml", [f"run.dir={tmp_path / 'smoke'}", "run.steps=1"])
+    assert cfg.pipeline.mode == "ray" and cfg.env.name == "scripted" and not cfg.sft.enabled
+    tr = Trainer(cfg)
+    run_dir = tr.run()
+    _kill_actors(tr)
+    (row,) = _rows(run_dir)
+    assert row["step"] == 1 and row["episodes"] == cfg.batch_size
+    assert row["teacher_coverage"] > 0 and row["shaped_tokens"] > 0 and row["weight_sync_ok"] == 1.0
+    assert (run_dir / "checkpoints" / "step_1" / "model.safetensors").exists()

@@ -11,7 +11,7 @@ from services.sft import build_sft_batch, ensure_sft_model
 
 
 def _cfg(tmp_path, *extra):
-    return load_config(None, ["env.adapter=tests.fake_env", "model.path=builtin:tiny-qwen2",
+    return load_config(None, ["env.name=scripted", "model.path=builtin:tiny-qwen2",
                               f"model.cache_dir={tmp_path / 'cache'}", "sft.epochs=3", "sft.lr=3e-3", *extra])
 
 

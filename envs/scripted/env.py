@@ -1,24 +1,24 @@
-"""A scripted text env for pipeline unit tests (the real envs are tested in tests/envs and end to end).
+"""A scripted text env: no engine, no model quality needed, a few milliseconds per step.
 
-Task "t<k>": the episode is won when the model's action text has an even number of characters (so a random
-tiny model wins about half the time -- groups get both successes and failures). Two turns max.
+Task "t<k>": the episode is won when the model's turn text has an even number of characters, so even a
+randomly initialised model wins about half its episodes and GRPO groups hold both outcomes (the teacher then
+always has a successful sibling to learn from). Used by the smoke config (`deploy/configs/smoke_cpu.yaml`),
+the pipeline benchmarks and the driver tests; it exercises every stage of the service at full speed.
 """
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from typing import Any
 
 from envs.base import ParsedTurn
-from envs.pool import SerialEnvPool
 from learner import roles
 
 _TAG = re.compile(r"<(think|action)>(.*?)(</\1>|$)", re.S)
 
 
-class FakeProtocol:
+class ScriptedProtocol:
     system_prompt = "You are a test agent. Answer with <think>...</think><action>...</action>."
 
     def parse(self, text: str) -> ParsedTurn:
@@ -39,13 +39,14 @@ class FakeProtocol:
         return first + "\n" + block
 
 
-class FakeEnv(FakeProtocol):
-    def __init__(self) -> None:
+class ScriptedEnv(ScriptedProtocol):
+    def __init__(self, num_tasks: int = 6, max_turns: int = 2, step_sleep_s: float = 0.0) -> None:
+        self.num_tasks, self.max_turns, self.step_sleep_s = num_tasks, max_turns, step_sleep_s
         self.task = "t0"
         self.t = 0
 
     def task_ids(self) -> list[str]:
-        return [f"t{k}" for k in range(6)]
+        return [f"t{k}" for k in range(self.num_tasks)]
 
     def reset(self, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
         self.task = (options or {}).get("task_id", "t0")
@@ -54,22 +55,9 @@ class FakeEnv(FakeProtocol):
 
     def step(self, turn_text: str) -> tuple[str, float, bool, bool, dict[str, Any]]:
         p = self.parse(turn_text)
-        time.sleep(float(os.environ.get("FAKE_ENV_STEP_SLEEP", "0")))  # fault tests: widen the rollout window
+        if self.step_sleep_s:
+            time.sleep(self.step_sleep_s)
         self.t += 1
         won = len(turn_text) % 2 == 0
         info = {"task_id": self.task, "task_type": "x", "won": won, "invalid": not p.valid, "action": p.action}
-        return ("ok" if p.valid else "invalid, use <action>"), float(won), won, self.t >= 2, info
-
-
-def make_pool(cfg: Any, num_envs: int, split: str = "train") -> SerialEnvPool:
-    return SerialEnvPool(FakeEnv, num_envs)  # one task set serves every split
-
-
-def protocol(cfg: Any) -> FakeProtocol:
-    return FakeProtocol()
-
-
-def demonstrations(cfg: Any, split: str = "train", limit: int | None = None) -> list[tuple[str, list[str]]]:
-    # 36 characters: an even length, so the scripted replay wins
-    turn = "<think>easy task</think><action>go</action>"[:36]
-    return [(t, [turn]) for t in FakeEnv().task_ids()[: limit or None]]
+        return ("ok" if p.valid else "invalid, use <action>"), float(won), won, self.t >= self.max_turns, info

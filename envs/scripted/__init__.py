@@ -1,0 +1,1 @@
+"""The scripted env (`env.name: scripted`): smoke runs, benchmarks and pipeline tests at full speed."""

@@ -1,0 +1,202 @@
+"""Credit budgets for StepOPSD weights, and per-step credit diagnostics (DESIGN.md section 1, step 6).
+
+The paper's "normalised per-step credit budget" admits several readings; each budget below is one of them
+(see learner/stepopsd.py for which is which). All functions are pure torch and vectorised: a (row, step)
+pair is a "slot" with flat index row * n_slots + (step + 1), so slot 0 of each row holds the tokens with
+step id -1 (outside steps, only shaped under `all_generated`) as one pseudo-step.
+
+Error localisation (the premise under step shaping): in a failed trajectory the step with the lowest mean
+delta should be the step that went wrong. `lowest_delta_step` picks that step and
+`error_step_credit_share` measures how much of the reshaping |A^ - A| lands on it.
+
+Shape legend: B trajectories, S steps, T tokens.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _slot_keys(step_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Flat (row, step) slot index of every token, and the number of slots per row.
+
+    step_ids: (B, T) long. Returns key (B, T) long in [0, B * n_slots) and n_slots = max step id + 2 (slot 0
+    is step -1).
+    """
+    B = step_ids.shape[0]
+    n_slots = int(step_ids.max().item()) + 2 if step_ids.numel() else 1  # step -1 -> slot 0
+    key = torch.arange(B, device=step_ids.device)[:, None] * n_slots + (step_ids + 1).clamp(min=0)  # (B, T)
+    return key, n_slots
+
+
+def _group_mean_rescale(
+    w: torch.Tensor, shape_mask: torch.Tensor, key: torch.Tensor, n_keys: int
+) -> torch.Tensor:
+    """Divide each shaped weight by the mean shaped weight of its group (`key`), so every group averages 1.
+
+    w: (B, T) float; shape_mask: (B, T) bool; key: (B, T) long in [0, n_keys). Returns (B, T) float; tokens
+    off the mask are returned unchanged. Sums are taken in float64.
+    """
+    key_m = key[shape_mask]  # (N,)
+    w_m = w[shape_mask].to(torch.float64)  # (N,)
+    sums = torch.zeros(n_keys, dtype=torch.float64, device=w.device).index_add_(0, key_m, w_m)
+    cnts = torch.zeros(n_keys, dtype=torch.float64, device=w.device).index_add_(
+        0, key_m, torch.ones_like(w_m)
+    )
+    mean = sums[key_m] / cnts[key_m]  # (N,) > 0 since every w > 0
+    out = w.clone()
+    out[shape_mask] = (w_m / mean).to(w.dtype)
+    return out
+
+
+def step_mean_rescale(w: torch.Tensor, shape_mask: torch.Tensor, step_ids: torch.Tensor) -> torch.Tensor:
+    """`step_mean` budget before its second clip: each (row, step)'s shaped weights average 1.
+
+    w: (B, T) float, shaped weights (1 off the mask); shape_mask: (B, T) bool; step_ids: (B, T) long, -1
+    outside steps (one pseudo-step per row). Returns (B, T) float, unchanged off the mask.
+    """
+    key, n_slots = _slot_keys(step_ids)
+    return _group_mean_rescale(w, shape_mask, key, w.shape[0] * n_slots)
+
+
+def trajectory_mean_rescale(w: torch.Tensor, shape_mask: torch.Tensor) -> torch.Tensor:
+    """`trajectory_mean` budget before its second clip: each row's shaped weights average 1 over all its
+    shaped tokens, whatever their step, so credit can move between steps.
+
+    w: (B, T) float; shape_mask: (B, T) bool. Returns (B, T) float, unchanged off the mask.
+    """
+    B, T = w.shape
+    key = torch.arange(B, device=w.device)[:, None].expand(B, T)  # (B, T)
+    return _group_mean_rescale(w, shape_mask, key, B)
+
+
+def step_level_weights(
+    delta: torch.Tensor,
+    adv: torch.Tensor,
+    shape_mask: torch.Tensor,
+    step_ids: torch.Tensor,
+    lo: float,
+    hi: float,
+) -> torch.Tensor:
+    """`step_level` budget: one weight per (row, step), from the step's mean delta, normalised over steps.
+
+        w_s = clip(2 sigmoid(sign(A_s) * mean_{t in s} delta_t), lo, hi)
+        w_s <- clip(w_s / mean_{s' shaped in row} w_s', lo, hi)      (each step counted once)
+
+    sign(A_s) is the sign of the sum of A over the step's shaped tokens (A is constant along a GRPO row, so
+    this is the row's sign; A = 0 gives w_s = 1).
+
+    delta: (B, T) float, finite on the mask; adv: (B, T) float; shape_mask: (B, T) bool; step_ids: (B, T)
+    long, -1 outside steps (one pseudo-step per row). Returns (B, T) float, w_s on every shaped token of
+    step s and 1 off the mask.
+    """
+    B = delta.shape[0]
+    key, n_slots = _slot_keys(step_ids)
+    key_m = key[shape_mask]  # (N,)
+    z = torch.zeros(B * n_slots, dtype=torch.float64, device=delta.device)
+    d_sum = z.clone().index_add_(0, key_m, delta[shape_mask].to(torch.float64))  # (B * n_slots,)
+    a_sum = z.clone().index_add_(0, key_m, adv[shape_mask].to(torch.float64))
+    cnt = z.clone().index_add_(0, key_m, torch.ones_like(key_m, dtype=torch.float64))
+    present = (cnt > 0).view(B, n_slots)  # (B, n_slots)
+    mean_d = (d_sum / cnt.clamp(min=1.0)).view(B, n_slots)
+    w_s = (2.0 * torch.sigmoid(torch.sign(a_sum.view(B, n_slots)) * mean_d)).clamp(lo, hi)  # (B, n_slots)
+    w_s = torch.where(present, w_s, torch.zeros_like(w_s))
+    row_mean = w_s.sum(dim=1, keepdim=True) / present.sum(dim=1, keepdim=True).clamp(min=1)  # (B, 1)
+    w_s = (w_s / row_mean.clamp(min=1e-12)).clamp(lo, hi).reshape(-1)  # (B * n_slots,)
+    out = torch.ones_like(delta)
+    out[shape_mask] = w_s[key_m].to(delta.dtype)
+    return out
+
+
+def step_mean_delta(
+    delta: torch.Tensor, shape_mask: torch.Tensor, step_ids: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean delta over the shaped tokens of each (row, step).
+
+    delta: (B, T) float; shape_mask: (B, T) bool; step_ids: (B, T) long (tokens with step -1 are ignored).
+    Returns mean (B, S) in delta's dtype (0 where absent) and present (B, S) bool (the step has at least
+    one shaped token), with S = max step id + 1 (0 when no token has a step).
+    """
+    if not (delta.shape == shape_mask.shape == step_ids.shape):
+        raise ValueError(
+            f"delta, shape_mask, step_ids shapes differ: {tuple(delta.shape)}, "
+            f"{tuple(shape_mask.shape)}, {tuple(step_ids.shape)}"
+        )
+    B = delta.shape[0]
+    key, n_slots = _slot_keys(step_ids)
+    sel = shape_mask & (step_ids >= 0)  # (B, T)
+    key_m = key[sel]  # (N,)
+    z = torch.zeros(B * n_slots, dtype=torch.float64, device=delta.device)
+    d_sum = z.clone().index_add_(0, key_m, delta[sel].to(torch.float64)).view(B, n_slots)[:, 1:]  # (B, S)
+    cnt = z.clone().index_add_(0, key_m, torch.ones_like(key_m, dtype=torch.float64)).view(B, n_slots)[:, 1:]
+    mean = (d_sum / cnt.clamp(min=1.0)).to(delta.dtype)  # (B, S)
+    return mean, cnt > 0
+
+
+def lowest_delta_step(delta: torch.Tensor, shape_mask: torch.Tensor, step_ids: torch.Tensor) -> torch.Tensor:
+    """The step with the lowest mean delta among each row's shaped steps (the step the teacher disputes most).
+
+    delta: (B, T) float, finite on the mask; shape_mask: (B, T) bool; step_ids: (B, T) long. Returns (B,)
+    long: the step index, the lowest index on ties, -1 for a row with no shaped token in any step.
+    """
+    mean, present = step_mean_delta(delta, shape_mask, step_ids)  # (B, S), (B, S)
+    B = delta.shape[0]
+    if mean.shape[1] == 0:
+        return torch.full((B,), -1, dtype=torch.long, device=delta.device)
+    masked = torch.where(
+        present, mean.to(torch.float64), torch.full_like(mean, torch.inf, dtype=torch.float64)
+    )
+    idx = masked.argmin(dim=1)  # (B,) first minimum on ties
+    return torch.where(present.any(dim=1), idx, torch.full_like(idx, -1))
+
+
+def error_step_credit_share(
+    adv: torch.Tensor,
+    adv_hat: torch.Tensor,
+    step_ids: torch.Tensor,
+    target_step: torch.Tensor,
+    rows: torch.Tensor,
+) -> float:
+    """Share of the reshaping mass sum |A^ - A| that lands on each row's target step.
+
+    Over rows with `rows` True and target_step >= 0: sum |A^ - A| on tokens whose step id equals their row's
+    target step, divided by sum |A^ - A| on all tokens of those rows; 0.0 when that total is 0. Training
+    uses target = `lowest_delta_step` on failed trajectories; `diagnose localize` uses the labelled step.
+
+    adv, adv_hat: (B, T) float; step_ids: (B, T) long; target_step: (B,) long; rows: (B,) bool.
+    """
+    sel = rows & (target_step >= 0)  # (B,)
+    diff = (adv_hat.to(torch.float64) - adv.to(torch.float64)).abs()[sel]  # (B', T)
+    total = float(diff.sum())
+    if total == 0.0:
+        return 0.0
+    on_target = step_ids[sel] == target_step[sel][:, None]  # (B', T)
+    return float(diff[on_target].sum()) / total
+
+
+def step_credit_share(
+    adv_hat: torch.Tensor,
+    shape_mask: torch.Tensor,
+    step_ids: torch.Tensor,
+    target_step: torch.Tensor,
+    rows: torch.Tensor,
+) -> tuple[float, float]:
+    """(credit share, token share) of each row's target step among its shaped tokens.
+
+    Over rows with `rows` True and target_step >= 0: credit share = sum |A^| on the target step's shaped
+    tokens / sum |A^| on all shaped tokens; token share = the same ratio of token counts (what the credit
+    share is under uniform credit: plain GRPO, or `step_mean`, which keeps each step's total). (0, 0) when
+    no token qualifies.
+
+    adv_hat: (B, T) float; shape_mask: (B, T) bool; step_ids: (B, T) long; target_step: (B,) long;
+    rows: (B,) bool.
+    """
+    sel = rows & (target_step >= 0)  # (B,)
+    mask = shape_mask[sel]  # (B', T)
+    on_target = mask & (step_ids[sel] == target_step[sel][:, None])  # (B', T)
+    mag = adv_hat[sel].to(torch.float64).abs()  # (B', T)
+    total, n = float(mag[mask].sum()), int(mask.sum())
+    if n == 0:
+        return 0.0, 0.0
+    credit = float(mag[on_target].sum()) / total if total > 0 else 0.0
+    return credit, int(on_target.sum()) / n

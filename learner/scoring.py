@@ -1,0 +1,99 @@
+"""The StepOPSD scoring stage as one pure function (DESIGN.md section 1, steps 2-7), torch only.
+
+    A      = GRPO advantage per trajectory, broadcast to its generated tokens        (step 2)
+    j(i)   = hindsight source: a successful sibling of i, or -1                      (step 4)
+    mask   = step filter AND has a source AND generated                             (step 3)
+    A^, w  = shape_advantages(A, logp_S, logp_T, mask, ...)                          (steps 5-7)
+
+The teacher's log-probs are the only input that needs a model; the teacher actor computes them for the rows
+`hindsight_sources` names (and only when `needs_teacher` says so) and hands them to `score_batch`. With
+`enabled=False` (config lambda_mix == 0, plain GRPO) the teacher never runs and A^ == A bit for bit. With
+StepOPSD on, the teacher keeps scoring after the schedule reaches lambda = 0, so Std(delta) keeps measuring
+policy/teacher drift (the paper watches it) while A^ == A.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from learner.advantages import ADV_ESTIMATORS, broadcast_to_tokens
+from learner.batch import ScoredBatch, ScoreStats, TrajectoryBatch
+from learner.filters import STEP_FILTERS
+from learner.hindsight import pick_hindsight_sources
+from learner.stepopsd import error_step_credit_share, lowest_delta_step, shape_advantages
+
+
+@dataclass(frozen=True)
+class ScoringOptions:
+    """How a batch is scored; built from the config's `stepopsd` / `learner` sections by the driver."""
+
+    step_filter: str = "action_only"  # STEP_FILTERS name: which tokens of a step are shaped
+    credit_budget: str = "step_mean"  # learner.stepopsd.CREDIT_BUDGETS name
+    adv_estimator: str = "grpo"  # ADV_ESTIMATORS name
+    enabled: bool = True  # False: plain GRPO, the teacher never runs
+    hindsight_context: str = "actions"  # the teacher's context builder (actors/hindsight_context.py)
+
+    def validate(self) -> ScoringOptions:
+        STEP_FILTERS.get(self.step_filter)
+        ADV_ESTIMATORS.get(self.adv_estimator)
+        return self
+
+
+def hindsight_sources(traj: TrajectoryBatch) -> torch.Tensor:
+    """(B,) long: the successful sibling whose hindsight block trajectory i's teacher sees, -1 for none."""
+    return pick_hindsight_sources(traj.group_ids, traj.success, traj.num_turns)
+
+
+def needs_teacher(sources: torch.Tensor, opts: ScoringOptions) -> bool:
+    """Whether any teacher forward is needed for a batch with these (B,) sources."""
+    return opts.enabled and bool((sources >= 0).any())
+
+
+def score_batch(traj: TrajectoryBatch, teacher_logp: torch.Tensor | None, sources: torch.Tensor, *,
+                opts: ScoringOptions, lam: float, alpha: float, teacher_version: int,
+                seconds: float = 0.0) -> ScoredBatch:
+    """Compose the stage from tensors.
+
+    Args:
+        traj: the rollout batch (B trajectories, T tokens).
+        teacher_logp: (B, T) float teacher log-probs of every post-prompt token of rows with a source (any
+            value elsewhere), or None when `needs_teacher` is False (no row is shaped then).
+        sources: (B,) long, `hindsight_sources(traj)`.
+        lam, alpha: the schedule's lambda and alpha_clip for this batch.
+        teacher_version: learner version of the teacher snapshot that produced `teacher_logp`.
+        seconds: wall time spent producing `teacher_logp` (reported as score_seconds with this function's own).
+    """
+    t0 = time.perf_counter()
+    traj.validate()
+    gen = traj.generated_mask  # (B, T)
+    adv_seq = ADV_ESTIMATORS.get(opts.adv_estimator)(traj.rewards, traj.group_ids)  # (B,)
+    adv = broadcast_to_tokens(adv_seq.float(), gen)  # (B, T)
+    has_teacher = sources >= 0  # (B,)
+    if teacher_logp is None or not needs_teacher(sources, opts):
+        t_logp = torch.zeros_like(traj.behaviour_logp)  # (B, T)
+        shape_mask = torch.zeros_like(gen)  # (B, T): nothing shaped
+    else:
+        t_logp = teacher_logp
+        shape_mask = STEP_FILTERS.get(opts.step_filter)(traj.span_roles, traj.step_ids) & has_teacher[:, None] & gen
+    # OPD (all_generated) is the "monolithic string": one credit budget over the whole trajectory
+    budget_steps = torch.where(gen, 0, -1) if opts.step_filter == "all_generated" else traj.step_ids  # (B, T)
+    adv_hat, shaped = shape_advantages(adv, traj.behaviour_logp, t_logp, shape_mask, budget_steps,
+                                       lam=lam, alpha=alpha, credit_budget=opts.credit_budget, token_mask=gen)
+    # training-time localisation signal: where the reshaping lands in failed trajectories
+    delta = torch.nan_to_num(t_logp - traj.behaviour_logp, nan=0.0, posinf=0.0, neginf=0.0)  # (B, T)
+    target = lowest_delta_step(delta, shape_mask, traj.step_ids)  # (B,)
+    failed = has_teacher & ~traj.success  # (B,)
+    stats = ScoreStats(
+        **shaped,
+        lowest_delta_step_share=error_step_credit_share(adv, adv_hat, traj.step_ids, target, failed),
+        adv_var_ratio=shaped["adv_hat_var"] / shaped["adv_var"] if shaped["adv_var"] > 0 else 1.0,
+        teacher_coverage=float(has_teacher.float().mean()),
+        no_teacher_count=float((~has_teacher).sum()),
+        score_seconds=seconds + time.perf_counter() - t0,
+    )
+    return ScoredBatch(traj=traj, advantages=adv, shaped_advantages=adv_hat, shape_mask=shape_mask,
+                       teacher_logp=t_logp, has_teacher=has_teacher, teacher_version=teacher_version,
+                       lam=lam, alpha=alpha, stats=stats).validate()

@@ -1,0 +1,110 @@
+"""Step reporting: one metrics row per learner step, to metrics.jsonl, Prometheus / Ray metrics, the console,
+and `curve.png` at the end. The row's keys are the run directory's documented schema (README)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from learner.batch import ScoreStats
+from services.config import Config
+from services.rundir import RunDir
+
+UPDATE_KEYS = ("loss", "grad_norm", "approx_kl", "kl", "skipped_rows")
+
+
+class StepReporter:
+    def __init__(self, cfg: Config, run_dir: RunDir, log: Any, history: list[dict[str, Any]] | None = None) -> None:
+        self.run_name, self.log_every = cfg.run.name, cfg.metrics.log_every
+        self.run_dir, self.log = run_dir, log
+        self.history: list[dict[str, Any]] = list(history or [])
+        self.metrics: Any = None
+        mc = cfg.metrics
+        try:
+            from services.metrics import Metrics
+        except ImportError:
+            return
+        if cfg.pipeline.mode == "ray" and mc.ray_metrics:
+            self.metrics = Metrics(backend="ray", run_name=cfg.run.name)
+        elif mc.prometheus_port is not None:
+            self.metrics = Metrics(backend="prometheus", run_name=cfg.run.name, prometheus_port=mc.prometheus_port)
+            log(f"metrics: http://127.0.0.1:{self.metrics.port}/metrics")
+
+    def row(self, n: int, traj: Any, r_stats: dict[str, float], s_stats: ScoreStats, upd: dict[str, float],
+            sync: dict[str, Any], lam: float, alpha: float, teacher_version: int, step_s: float, wait_s: float,
+            refreshed: bool, queue: int) -> dict[str, Any]:
+        """The metrics row of learner step n + 1."""
+        from actors.rollout import batch_metrics
+
+        bm = batch_metrics(traj)
+        row: dict[str, Any] = {"step": n + 1, "lam": lam, "alpha": alpha}
+        row.update({k: v for k, v in bm.items() if k != "success_by_type"})
+        row["success_by_type"] = bm["success_by_type"]
+        stats = s_stats.as_dict()
+        stats.pop("score_seconds")
+        row.update(stats)  # clip_frac here: weights at the clip
+        row.update({k: float(upd[k]) for k in UPDATE_KEYS if k in upd})
+        row["ppo_clip_frac"] = float(upd.get("clip_frac", 0.0))  # PPO ratio clipping
+        row.update({
+            "policy_version": n + 1, "batch_policy_version": traj.policy_version, "staleness": n - traj.policy_version,
+            "teacher_version": teacher_version, "teacher_version_age": (n + 1) - teacher_version,
+            "teacher_refreshed": refreshed, "tokens_per_s": r_stats.get("tokens_per_s", 0.0),
+            "rollout_seconds": r_stats.get("rollout_seconds", 0.0), "score_seconds": s_stats.score_seconds,
+            "update_seconds": upd.get("update_seconds", 0.0), "step_seconds": step_s, "learner_wait_seconds": wait_s,
+            "weight_sync_seconds": float(sync.get("seconds", 0.0)), "weight_sync_ok": float(bool(sync.get("ok", True))),
+            "weight_sync_max_abs_diff": float(sync.get("max_abs_diff", 0.0)), "queue_rollouts": queue,
+            "env_restarts": r_stats.get("env_restarts", 0.0), "context_truncated": r_stats.get("context_truncated", 0.0),
+            "episode_ids": traj.episode_ids, "time": time.time(),
+        })
+        return row
+
+    def emit(self, row: dict[str, Any]) -> None:
+        self.history.append(row)
+        self.run_dir.append_metrics(row)
+        if self.metrics is not None:
+            vals = {k: float(v) for k, v in row.items()
+                    if isinstance(v, int | float) and not isinstance(v, bool) and k not in ("episodes", "time", "step")}
+            self.metrics.log_step(row["step"], vals)
+            self.metrics.log_success_by_type(row["success_by_type"])
+            for stage in ("rollout", "score", "update"):
+                self.metrics.observe_stage(stage, row[f"{stage}_seconds"])
+            self.metrics.set_queue_depth("rollouts", row["queue_rollouts"])
+            self.metrics.inc("episodes", row["episodes"])
+            if row["env_restarts"]:
+                self.metrics.inc("actor_restarts", row["env_restarts"], {"actor": "env_pool"})
+        if row["step"] % self.log_every == 0:
+            self.log(
+                f"step {row['step']:>4} | success {row['success_rate']:.2f} | Std(Δ) {row['delta_std']:.3f} | "
+                f"λ {row['lam']:.3f} α {row['alpha']:.3f} | cov {row['teacher_coverage']:.2f} | "
+                f"tok/s {row['tokens_per_s']:.0f} | rollout {row['rollout_seconds']:.1f}s score "
+                f"{row['score_seconds']:.1f}s update {row['update_seconds']:.1f}s | stale {row['staleness']}"
+                + (" | teacher refreshed" if row["teacher_refreshed"] else ""))
+
+    def weight_sync_failed(self) -> None:
+        if self.metrics is not None:
+            self.metrics.inc("weight_sync_failures")
+
+    def plot(self) -> None:
+        """curve.png: success, Std(Δ) and λ per step."""
+        if not self.history:
+            return
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        xs = [r["step"] for r in self.history]
+        fig, ax = plt.subplots(1, 3, figsize=(13, 3.4))
+        for a, key, title in zip(ax, ("success_rate", "delta_std", "lam"), ("success rate", "Std(Δ)", "λ")):
+            a.plot(xs, [r[key] for r in self.history], marker="o")
+            a.set_title(title)
+            a.set_xlabel("step")
+            a.grid(alpha=0.3)
+        fig.suptitle(self.run_name)
+        fig.tight_layout()
+        fig.savefig(self.run_dir.root / "curve.png", dpi=100)
+        plt.close(fig)
+
+    def close(self) -> None:
+        if self.metrics is not None:
+            self.metrics.close()
