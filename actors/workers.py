@@ -125,6 +125,15 @@ class ShardedPool:
         return self.protocol.teacher_user_message(first, block)
 
 
+def engine_options(model: ModelConfig, rollout: RolloutConfig) -> dict[str, Any]:
+    """Engine-specific options from the config: HF gets its device; vLLM its engine arguments."""
+    from actors.device import resolve_device
+
+    if rollout.engine == "hf":
+        return {"device": str(resolve_device(model.device))}
+    return rollout.vllm.model_dump()
+
+
 class RolloutWorker:
     """Owns the rollout engine; drives episodes on the env shards; loads verified weights."""
 
@@ -138,7 +147,7 @@ class RolloutWorker:
         self.seed, self.group_size = seed, rollout.group_size
         self.engine = build_engine(rollout.engine, model_path, dtype=model.dtype, torch_threads=model.torch_threads,
                                    seed=seed, max_context=model.max_context,
-                                   sync_tolerance=rollout.weight_sync_tolerance)
+                                   sync_tolerance=rollout.weight_sync_tolerance, **engine_options(model, rollout))
         self.pool = ShardedPool(env_shards, protocol_for(env))
         s = rollout.sampling
         self.rollout = MultiTurnRollout(self.engine, self.pool, max_turns=rollout.max_turns,
@@ -190,15 +199,16 @@ def _is_actor_death(e: BaseException) -> bool:
 
 
 class TeacherWorker:
-    """Holds the hindsight teacher (an HF engine with snapshot weights) and runs the scoring stage: teacher
+    """Holds the hindsight teacher (an HF or vLLM engine -- `stepopsd.teacher_engine` -- with snapshot weights;
+    vLLM scores with prompt_logprobs) and runs the scoring stage: teacher
     log-probs for the rows that have a hindsight source, composed by `learner.scoring.score_batch`.
 
     The snapshot is persisted to `snapshot_path` on every refresh, so a restarted actor (Ray re-runs
     __init__) comes back with the same snapshot and version.
     """
 
-    def __init__(self, model: ModelConfig, sync_tolerance: float, seed: int, env: EnvSpec, scoring: ScoringOptions,
-                 snapshot_path: str, model_path: str) -> None:
+    def __init__(self, model: ModelConfig, rollout: RolloutConfig, seed: int, env: EnvSpec, scoring: ScoringOptions,
+                 snapshot_path: str, model_path: str, engine_kind: str = "hf") -> None:
         from actors.engines import build_engine
         from actors.teacher import TeacherScorer
         from envs.registry import protocol_for
@@ -206,8 +216,11 @@ class TeacherWorker:
         torch.set_num_threads(model.torch_threads)
         self.scoring = scoring.validate()
         self.snapshot_path = Path(snapshot_path)
-        engine = build_engine("hf", model_path, dtype=model.dtype, torch_threads=model.torch_threads,
-                              seed=seed, max_context=model.max_context * 2, sync_tolerance=sync_tolerance)
+        # the teacher context adds a hindsight block to the prompt: twice the student's context budget
+        engine = build_engine(engine_kind, model_path, dtype=model.dtype, torch_threads=model.torch_threads,
+                              seed=seed, max_context=model.max_context * 2,
+                              sync_tolerance=rollout.weight_sync_tolerance,
+                              **engine_options(model, rollout.model_copy(update={"engine": engine_kind})))
         self.scorer = TeacherScorer(engine, protocol=protocol_for(env), context=scoring.hindsight_context)
         if self.snapshot_path.exists():
             self._load_snapshot()
@@ -251,9 +264,14 @@ class TeacherWorker:
 
 
 class LearnerWorker:
-    """The torch model + AdamW; PPO updates on scored batches; publishes versioned weights."""
+    """The torch model + AdamW; PPO updates on scored batches; publishes versioned weights.
+
+    The model sits on `model.device` with fp32 master weights (and fp32 AdamW state); with `model.dtype`
+    bf16/fp16 the learner computes under autocast and publishes weights cast to that dtype, which is what
+    the engines hold. The probe sent with a packet is computed with exactly the published weights."""
 
     def __init__(self, model_cfg: ModelConfig, lc: LearnerConfig, seed: int, model_path: str) -> None:
+        from actors.device import DTYPES, resolve_device
         from actors.engines.base import probe_ids
         from actors.models import load_hf_model, load_tokenizer
         from learner.learner import Learner
@@ -261,11 +279,13 @@ class LearnerWorker:
         torch.set_num_threads(model_cfg.torch_threads)
         _seed_all(seed)
         self.lora = lc.lora.enabled
+        self.device = resolve_device(model_cfg.device)
+        self.dtype = DTYPES[model_cfg.dtype]
         path = model_path
-        model = load_hf_model(path, model_cfg.dtype)
+        model = load_hf_model(path, "float32").to(self.device)  # fp32 master weights
         ref = None
         if lc.kl_coef > 0:
-            ref = load_hf_model(path, model_cfg.dtype)
+            ref = load_hf_model(path, model_cfg.dtype).to(self.device)  # inference only: compute dtype
             ref.eval()
             for p in ref.parameters():
                 p.requires_grad_(False)
@@ -279,7 +299,8 @@ class LearnerWorker:
         self.learner = Learner(model, lr=lc.lr, weight_decay=lc.weight_decay, ppo_clip=lc.ppo_clip,
                                ppo_clip_high=lc.ppo_clip_high, kl_coef=lc.kl_coef, aggregation=lc.aggregation,
                                grad_clip=lc.grad_clip, micro_batch_size=lc.micro_batch_size,
-                               ppo_epochs=lc.ppo_epochs, ref_model=ref, skip_zero_advantage=lc.skip_zero_advantage)
+                               ppo_epochs=lc.ppo_epochs, ref_model=ref, skip_zero_advantage=lc.skip_zero_advantage,
+                               device=self.device, compute_dtype=self.dtype)
         self.probe = probe_ids(load_tokenizer(path))
 
     def getpid(self) -> int:
@@ -292,21 +313,28 @@ class LearnerWorker:
         return stats
 
     def _merged_state(self) -> dict[str, torch.Tensor]:
+        """CPU state dict in the engines' dtype (LoRA merged into the base weights)."""
         model = self.learner.model
         if self.lora:
             import copy
 
             merged = copy.deepcopy(model).merge_and_unload()
-            return {k: v.detach().clone() for k, v in merged.state_dict().items()}
-        return self.learner.get_weights()
+            return {k: (v.detach().to(self.dtype) if v.is_floating_point() else v.detach()).to("cpu", copy=True)
+                    for k, v in merged.state_dict().items()}
+        return self.learner.get_weights(self.dtype)
+
+    def _probe(self, sd: dict[str, torch.Tensor]) -> list[float]:
+        """The probe's log-probs under the published weights `sd` (cast ones when the dtype is not fp32)."""
+        from actors.engines.base import probe_logprobs, published_probe
+
+        if self.dtype == torch.float32 or self.lora:
+            return probe_logprobs(self.learner.model, self.probe)
+        return published_probe(self.learner.model, sd, self.probe)
 
     def publish(self) -> WeightsPacket:
-        from actors.engines.base import probe_logprobs
-
         self.learner.model.eval()
         sd = self._merged_state()
-        probe = probe_logprobs(self.learner.model, self.probe)
-        return WeightsPacket(version=self.learner.version, state_dict=sd, probe_logp=probe)
+        return WeightsPacket(version=self.learner.version, state_dict=sd, probe_logp=self._probe(sd))
 
     def save(self, ckpt_dir: str) -> None:
         from safetensors.torch import save_file
@@ -314,7 +342,7 @@ class LearnerWorker:
         d = Path(ckpt_dir)
         d.mkdir(parents=True, exist_ok=True)
         # clone: tied embeddings share storage, which safetensors refuses to save
-        sd = {k: v.detach().clone().contiguous() for k, v in self.learner.model.state_dict().items()}
+        sd = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in self.learner.model.state_dict().items()}
         save_file(sd, str(d / "model.safetensors"))
         torch.save({**self.learner.state(), "torch_rng": torch.get_rng_state()}, d / "learner_state.pt")
 
@@ -322,8 +350,8 @@ class LearnerWorker:
         from safetensors.torch import load_file
 
         d = Path(ckpt_dir)
-        self.learner.model.load_state_dict(load_file(str(d / "model.safetensors")))
-        st = torch.load(d / "learner_state.pt", weights_only=False)
+        self.learner.model.load_state_dict(load_file(str(d / "model.safetensors"), device=str(self.device)))
+        st = torch.load(d / "learner_state.pt", weights_only=False, map_location=self.device)
         self.learner.load_state(st)
-        torch.set_rng_state(st["torch_rng"])
+        torch.set_rng_state(st["torch_rng"].cpu())
         return self.learner.version

@@ -8,10 +8,18 @@ group that all failed or all won, no teacher shaping) contribute an exactly-zero
 term, so they are not forwarded at all (`skip_zero_advantage`); parameters left without a gradient get a zero
 one, so the optimizer step is the same as if they had been computed. After the update the policy version is incremented; weights are handed
 out as a CPU state dict (the driver puts it in the object store, versioned).
+
+Devices and precision: the model lives on `device` (the caller placed it there) and holds fp32 master
+weights; AdamW's state is fp32 too. With `compute_dtype` bf16/fp16 the forward pass runs under autocast
+(`actors`-independent: plain `torch.autocast`), the loss and the backward's accumulation stay fp32, so a
+small update (lr 1e-6) still moves every weight -- AdamW on bf16 weights rounds most such updates away.
+Batches arrive as CPU tensors and are moved per micro-batch; published weights are CPU tensors in the
+engines' dtype.
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import torch
@@ -19,6 +27,13 @@ from torch import nn
 
 from learner.batch import ScoredBatch
 from learner.losses import ppo_clip_loss
+
+
+def autocast_ok(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether forward passes can run under autocast to `dtype` on `device` (CPU autocast: bf16 only)."""
+    if dtype == torch.float32:
+        return False
+    return device.type == "cuda" or (device.type == "cpu" and dtype == torch.bfloat16)
 
 
 def token_logprobs(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -40,9 +55,13 @@ class Learner:
     def __init__(self, model: nn.Module, *, lr: float, weight_decay: float = 0.0, ppo_clip: float = 0.2,
                  ppo_clip_high: float | None = None, kl_coef: float = 0.0, aggregation: str = "token_mean",
                  grad_clip: float = 1.0, micro_batch_size: int = 4, ppo_epochs: int = 1,
-                 ref_model: nn.Module | None = None, skip_zero_advantage: bool = True) -> None:
+                 ref_model: nn.Module | None = None, skip_zero_advantage: bool = True,
+                 device: torch.device | str = "cpu", compute_dtype: torch.dtype = torch.float32) -> None:
         if kl_coef > 0 and ref_model is None:
             raise ValueError("kl_coef > 0 needs a ref_model")
+        self.device = torch.device(device)
+        self.compute_dtype = compute_dtype
+        self.autocast = autocast_ok(self.device, compute_dtype)
         self.model = model
         self.ref_model = ref_model
         params = [p for p in model.parameters() if p.requires_grad]
@@ -82,14 +101,16 @@ class Learner:
                 sl = rows[s:s + self.micro_batch_size]  # (b,) row indices of this micro-batch
                 m = mask[sl]
                 T_mb = int(attn[sl].sum(-1).max())  # trim right padding of this micro-batch
-                ids, am, m = traj.input_ids[sl, :T_mb], attn[sl, :T_mb], m[:, :T_mb]
-                logp = token_logprobs(self.model, ids, am)
-                ref = None
-                if self.kl_coef > 0 and self.ref_model is not None:
-                    with torch.no_grad():
-                        ref = token_logprobs(self.ref_model, ids, am)
+                dev = self.device
+                ids, am, m = traj.input_ids[sl, :T_mb].to(dev), attn[sl, :T_mb].to(dev), m[:, :T_mb].to(dev)
+                with self._autocast():
+                    logp = token_logprobs(self.model, ids, am)  # (b, T_mb) float32
+                    ref = None
+                    if self.kl_coef > 0 and self.ref_model is not None:
+                        with torch.no_grad():
+                            ref = token_logprobs(self.ref_model, ids, am)
                 loss, st = ppo_clip_loss(
-                    logp, traj.behaviour_logp[sl, :T_mb], scored.shaped_advantages[sl, :T_mb], m,
+                    logp, traj.behaviour_logp[sl, :T_mb].to(dev), scored.shaped_advantages[sl, :T_mb].to(dev), m,
                     clip_eps=self.ppo_clip, clip_eps_high=self.ppo_clip_high, aggregation=self.aggregation,
                     ref_logp=ref, kl_coef=self.kl_coef)
                 m_tok, m_rows = int(m.sum()), int(m.any(-1).sum())
@@ -114,15 +135,27 @@ class Learner:
         out["skipped_rows"] = float(skipped)
         return out
 
-    def get_weights(self) -> dict[str, torch.Tensor]:
-        """A detached CPU copy of the model's state dict (what gets published)."""
-        return {k: v.detach().to("cpu").clone() for k, v in self.model.state_dict().items()}
+    def _autocast(self) -> Any:
+        if self.autocast:
+            return torch.autocast(device_type=self.device.type, dtype=self.compute_dtype)
+        return contextlib.nullcontext()
+
+    def get_weights(self, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+        """A detached CPU copy of the model's state dict (what gets published); floating tensors cast to
+        `dtype` (the engines' dtype) when given."""
+        out = {}
+        for k, v in self.model.state_dict().items():
+            v = v.detach()
+            if dtype is not None and v.is_floating_point():
+                v = v.to(dtype)
+            out[k] = v.to("cpu", copy=True)
+        return out
 
     @torch.no_grad()
     def probe_logp(self, probe_ids: list[int]) -> list[float]:
         """Log-probs of a fixed probe sequence (tokens 1..n-1) used to verify weight loads elsewhere."""
         self.model.eval()
-        ids = torch.tensor([probe_ids])
+        ids = torch.tensor([probe_ids], device=self.device)
         lp = token_logprobs(self.model, ids, torch.ones_like(ids, dtype=torch.bool))
         return [float(x) for x in lp[0, 1:]]
 

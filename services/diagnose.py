@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     lo.add_argument("--contexts", default=",".join(CONTEXTS),
                     help=f"hindsight context builders to compare, comma-separated (of {', '.join(CONTEXTS)})")
     lo.add_argument("--out", default=None, help="also write every figure as JSON here")
+    lo.add_argument("--knobs", default="1:0.5", help="extra lambda:alpha pairs (comma-separated) whose credit shares "
+                    "are reported beside the config's (same teacher passes); '' for none")
     lo.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     lo.set_defaults(func=run_localize)
     mk = dsub.add_parser("make-cases", help="write labelled step-error cases from generated games / the KB")
@@ -135,23 +138,26 @@ def _student_logp(engine: Any, batch: Any) -> Any:
 
 
 def diagnose_case(batch: Any, t_logp: Any, error_step: int | None, *, step_filter: str,
-                  adv_estimator: str, lam: float, alpha: float) -> dict[str, Any]:
-    """Figures of one case: `batch` row 0 = reference (won), row 1 = the diagnosed trajectory; `t_logp` (2, T)."""
+                  adv_estimator: str, lam: float, alpha: float,
+                  extra_knobs: tuple[tuple[float, float], ...] = ()) -> dict[str, Any]:
+    """Figures of one case: `batch` row 0 = reference (won), row 1 = the diagnosed trajectory; `t_logp` (2, T).
+    Credit shares at (lam, alpha) and, under "credit_share_at", at every (lam, alpha) of `extra_knobs`."""
     import torch
 
     from learner.scoring import ScoringOptions, score_batch
     from learner.stepopsd import lowest_delta_step, step_credit_share, step_mean_delta
 
     sources = torch.tensor([-1, 0])
-    res: dict[str, Any] = {"credit_share": {}}
-    for budget in BUDGETS:
-        opts = ScoringOptions(step_filter=step_filter, credit_budget=budget, adv_estimator=adv_estimator)
-        sb = score_batch(batch, t_logp, sources, opts=opts, lam=lam, alpha=alpha, teacher_version=0)
-        target = torch.tensor([-1, -1 if error_step is None else error_step])
-        credit, tokens = step_credit_share(sb.shaped_advantages, sb.shape_mask, batch.step_ids, target,
-                                           torch.tensor([False, True]))
-        res["credit_share"][budget] = credit
-        res["token_share"] = tokens
+    res: dict[str, Any] = {"credit_share_at": {}}
+    target = torch.tensor([-1, -1 if error_step is None else error_step])
+    for kl, ka in ((lam, alpha), *extra_knobs):
+        shares = res["credit_share_at"].setdefault(knob_label(kl, ka), {})
+        for budget in BUDGETS:
+            opts = ScoringOptions(step_filter=step_filter, credit_budget=budget, adv_estimator=adv_estimator)
+            sb = score_batch(batch, t_logp, sources, opts=opts, lam=kl, alpha=ka, teacher_version=0)
+            shares[budget], res["token_share"] = step_credit_share(
+                sb.shaped_advantages, sb.shape_mask, batch.step_ids, target, torch.tensor([False, True]))
+    res["credit_share"] = res["credit_share_at"][knob_label(lam, alpha)]
     delta = torch.nan_to_num(t_logp - batch.behaviour_logp, nan=0.0, posinf=0.0, neginf=0.0)  # (2, T)
     mask = sb.shape_mask  # the same for every budget
     mean, present = step_mean_delta(delta, mask, batch.step_ids)  # (2, S)
@@ -166,7 +172,8 @@ def diagnose_case(batch: Any, t_logp: Any, error_step: int | None, *, step_filte
     return res
 
 
-def localize(cfg: Any, data: Path, model_path: str, contexts: list[str], log: Any = print) -> dict[str, Any]:
+def localize(cfg: Any, data: Path, model_path: str, contexts: list[str], log: Any = print,
+             extra_knobs: tuple[tuple[float, float], ...] = ()) -> dict[str, Any]:
     """Run every case through every builder; returns the report."""
     import torch
 
@@ -190,7 +197,9 @@ def localize(cfg: Any, data: Path, model_path: str, contexts: list[str], log: An
     scorers = {c: TeacherScorer(engine, protocol=proto, context=c) for c in contexts}
     so = cfg.stepopsd
     rows: list[dict[str, Any]] = []
-    for case, tid in zip(cf.cases, tids):
+    t0 = time.perf_counter()
+    for k, (case, tid) in enumerate(zip(cf.cases, tids)):
+        log(f"diagnose: case {k + 1}/{len(cf.cases)} (line {case['line']}), {time.perf_counter() - t0:.0f}s")
         ref = replay(pool, tid, turns(spec, case["reference_actions"]), tok, cfg.model.max_context * 4)
         got = replay(pool, tid, turns(spec, case["actions"]), tok, cfg.model.max_context * 4)
         err = case.get("error_step")
@@ -210,12 +219,16 @@ def localize(cfg: Any, data: Path, model_path: str, contexts: list[str], log: An
             t_logp = scorer.teacher_logp(batch, torch.tensor([-1, 0]))
             row["by_context"][c] = diagnose_case(batch, t_logp, err, step_filter=so.step_filter,
                                                  adv_estimator=cfg.learner.adv_estimator, lam=so.lambda_mix,
-                                                 alpha=so.alpha_clip)
+                                                 alpha=so.alpha_clip, extra_knobs=extra_knobs)
         rows.append(row)
     report = {"data": str(data), "model": model_path, "lam": so.lambda_mix, "alpha": so.alpha_clip,
               "step_filter": so.step_filter, "skipped": len(cf.problems) + len(cf.cases) - len(rows),
               "cases": rows, "summary": {c: summarize(rows, c) for c in contexts}}
     return report
+
+
+def knob_label(lam: float, alpha: float) -> str:
+    return f"λ={lam:g} α={alpha:g}"
 
 
 def summarize(rows: list[dict[str, Any]], context: str) -> dict[str, Any]:
@@ -226,6 +239,8 @@ def summarize(rows: list[dict[str, Any]], context: str) -> dict[str, Any]:
                 "random": sum(1.0 / f["n_steps"] for f in figs if f["n_steps"]),
                 "credit_share": {b: statistics.mean(f["credit_share"][b] for f in figs) if figs else 0.0
                                  for b in BUDGETS},
+                "credit_share_at": {k: {b: statistics.mean(f["credit_share_at"][k][b] for f in figs) for b in BUDGETS}
+                                    for k in (figs[0]["credit_share_at"] if figs else {})},
                 "token_share": statistics.mean(f["token_share"] for f in figs) if figs else 0.0}
 
     labelled = [r for r in rows if r["error_step"] is not None]
@@ -250,6 +265,9 @@ def render(report: dict[str, Any], final_context: str) -> list[str]:
         for t, a in [*s["by_type"].items(), ("all", s["all"])]:
             lines.append(f"   {t:<34} {a['cases']:>5} {a['top1']:>6} {a['random']:>7.2f}  "
                          + " ".join(f"{a['credit_share'][b]:>15.4f}" for b in BUDGETS) + f" {a['token_share']:>12.4f}")
+        for k, shares in s["all"]["credit_share_at"].items():
+            lines.append(f"   credit share on error step at {k}: " + " ".join(f"{b}={shares[b]:.4f}" for b in BUDGETS)
+                         + f" (token share {s['all']['token_share']:.4f})")
     a = report["summary"][final_context]["all"]
     lines.append(f"hindsight context {final_context}: skipped {report['skipped']} case(s)")
     lines.append("credit share on error step: " + " ".join(f"{b}={a['credit_share'][b]:.4f}" for b in BUDGETS)
@@ -269,7 +287,11 @@ def run_localize(args: argparse.Namespace) -> int:
             raise ValueError(f"--contexts: unknown builder {c!r}; known: {', '.join(CONTEXTS)}")
     final = cfg.stepopsd.hindsight_context if cfg.stepopsd.hindsight_context in contexts else contexts[0]
     model = args.model or policy_model_path(cfg)
-    report = localize(cfg, Path(args.data), model, contexts)
+    try:
+        knobs = tuple((float(k.split(":")[0]), float(k.split(":")[1])) for k in args.knobs.split(",") if k.strip())
+    except (ValueError, IndexError):
+        raise ValueError(f"--knobs {args.knobs!r}: expected lambda:alpha pairs, e.g. 1:0.5,0.5:0.2") from None
+    report = localize(cfg, Path(args.data), model, contexts, extra_knobs=knobs)
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=1))
     print("\n".join(render(report, final)), flush=True)

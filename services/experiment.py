@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import statistics
 import time
 from pathlib import Path
@@ -39,17 +38,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="keep each finished run's training checkpoints (model + optimizer + teacher, ~2.3 GB per "
                         "SmolLM2 run); by default only the final policy (final_hf/) is kept once it is evaluated")
     p.set_defaults(func=run)
-
-
-def export_hf(ckpt_dir: Path, base: Path, out: Path) -> Path:
-    """An HF dir = the base model's config/tokenizer files + the checkpoint's weights."""
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
-    for f in base.iterdir():
-        if f.is_file() and not f.name.endswith((".safetensors", ".bin")) and f.name != "model.safetensors.index.json":
-            shutil.copy2(f, out / f.name)
-    shutil.copy2(ckpt_dir / "model.safetensors", out / "model.safetensors")
-    return out
 
 
 def _eval_tasks(cfg: Any) -> int:
@@ -133,7 +121,7 @@ def run_one(cfg: Any, arm: str, base_path: Path, n_eval: int, keep_checkpoints: 
     run_dir = tr.run()
     _shutdown(tr)
     wall = time.perf_counter() - t0
-    hf = export_hf(tr.ckpt_root / f"step_{cfg.run.steps}", base_path, run_dir / "final_hf")
+    hf = tr.rundir.export_hf(cfg.run.steps, base_path)
     ev = evaluate(cfg, hf, n_eval, split="eval", engine=cfg.rollout.engine, temperature=0.0)
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     res = {"fingerprint": fp, "eval": ev, "train_seconds": wall, "curve": [

@@ -80,6 +80,18 @@ class StepReporter:
                 f"{row['score_seconds']:.1f}s update {row['update_seconds']:.1f}s | stale {row['staleness']}"
                 + (" | teacher refreshed" if row["teacher_refreshed"] else ""))
 
+    def learning_summary(self, window: int = 3) -> str:
+        """One line: train success per step with its moving average, teacher coverage and Std(Δ)."""
+        if not self.history:
+            return "no learner step was run"
+        succ = [r["success_rate"] for r in self.history]
+        avg = [sum(succ[max(0, i - window + 1): i + 1]) / len(succ[max(0, i - window + 1): i + 1])
+               for i in range(len(succ))]
+        cov = sum(r["teacher_coverage"] > 0 for r in self.history)
+        return (f"train success per step {' '.join(f'{x:.2f}' for x in succ)} | moving avg ({window}) "
+                f"{' '.join(f'{x:.2f}' for x in avg)} | teacher shaped in {cov}/{len(self.history)} steps | "
+                "Std(Δ) " + " ".join(f"{r['delta_std']:.3f}" for r in self.history))
+
     def weight_sync_failed(self) -> None:
         if self.metrics is not None:
             self.metrics.inc("weight_sync_failures")

@@ -123,6 +123,17 @@ class RunDir:
             pending_rollouts=torch.load(ck / "pending_rollouts.pt", weights_only=False),
             pending_scored=torch.load(ck / "pending_scored.pt", weights_only=False))
 
+    def export_hf(self, step: int, base: Path) -> Path:
+        """`final_hf/`: an HF model dir = the starting model's config/tokenizer files + step N's weights."""
+        out = self.root / "final_hf"
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir(parents=True)
+        for f in Path(base).iterdir():
+            if f.is_file() and not f.name.endswith((".safetensors", ".bin")) and f.name != "model.safetensors.index.json":
+                shutil.copy2(f, out / f.name)
+        shutil.copy2(self.ckpt_root / f"step_{step}" / "model.safetensors", out / "model.safetensors")
+        return out
+
     def drop_resume_state(self) -> None:
         """Delete what only a resume needs (checkpoints/, the teacher snapshot) once a run is finished and its
         final weights are exported elsewhere."""

@@ -101,10 +101,16 @@ def build_sft_batch(cfg: Config, tokenizer: Any, split: str = "train") -> Any:
 
 
 def sft_train(model: torch.nn.Module, batch: Any, *, epochs: int, lr: float, micro_batch_size: int,
-              seed: int = 0, log: Any = print) -> list[float]:
-    """Token-mean NLL on generated-role tokens; returns the mean loss per epoch."""
-    from learner.learner import token_logprobs
+              seed: int = 0, log: Any = print, compute_dtype: torch.dtype = torch.float32) -> list[float]:
+    """Token-mean NLL on generated-role tokens; returns the mean loss per epoch. The model stays where it is
+    (fp32 master weights); micro-batches move to its device and run under autocast to `compute_dtype`."""
+    import contextlib
 
+    from learner.learner import autocast_ok, token_logprobs
+
+    dev = next(model.parameters()).device
+    amp = (lambda: torch.autocast(device_type=dev.type, dtype=compute_dtype)) if autocast_ok(dev, compute_dtype) \
+        else contextlib.nullcontext
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
     mask_all, attn_all = batch.generated_mask, batch.attention_mask
@@ -118,8 +124,9 @@ def sft_train(model: torch.nn.Module, batch: Any, *, epochs: int, lr: float, mic
             idx = torch.tensor(perm[s: s + micro_batch_size])
             attn, mask = attn_all[idx], mask_all[idx]
             T = int(attn.sum(-1).max())
-            lp = token_logprobs(model, batch.input_ids[idx, :T], attn[:, :T])
-            m = mask[:, :T].float()
+            with amp():
+                lp = token_logprobs(model, batch.input_ids[idx, :T].to(dev), attn[:, :T].to(dev))
+            m = mask[:, :T].float().to(dev)
             loss = -(lp * m).sum() / m.sum().clamp(min=1)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -154,12 +161,16 @@ def ensure_sft_model(cfg: Config, log: Any = print) -> Path:
     batch, n_demo = build_sft_batch(cfg, tok)
     log(f"sft: {batch.batch_size}/{n_demo} demonstrations won when replayed; "
         f"{int(batch.generated_mask.sum())} target tokens")
-    model = load_hf_model(base, cfg.model.dtype)
+    from actors.device import DTYPES, resolve_device
+
+    # fp32 master weights on the configured device, compute under autocast to model.dtype (as the learner)
+    model = load_hf_model(base, "float32").to(resolve_device(cfg.model.device))
     if cfg.learner.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     losses = sft_train(model, batch, epochs=cfg.sft.epochs, lr=cfg.sft.lr,
-                       micro_batch_size=cfg.learner.micro_batch_size, seed=cfg.run.seed, log=log)
+                       micro_batch_size=cfg.learner.micro_batch_size, seed=cfg.run.seed, log=log,
+                       compute_dtype=DTYPES[cfg.model.dtype])
     tmp = out.with_name(out.name + ".tmp")
     if cfg.learner.gradient_checkpointing:
         model.gradient_checkpointing_disable()
@@ -182,8 +193,11 @@ def evaluate(cfg: Config, model_path: str | Path, episodes: int, split: str = "e
     from services.wiring import env_spec
 
     pool = make_pool(env_spec(cfg), episodes, split=split)
+    from actors.workers import engine_options
+
+    rollout = cfg.rollout.model_copy(update={"engine": engine})
     eng = build_engine(engine, model_path, dtype=cfg.model.dtype, torch_threads=cfg.model.torch_threads,
-                       seed=cfg.run.seed, max_context=cfg.model.max_context)
+                       seed=cfg.run.seed, max_context=cfg.model.max_context, **engine_options(cfg.model, rollout))
     s = cfg.rollout.sampling
     ro = MultiTurnRollout(eng, pool, max_turns=cfg.rollout.max_turns, max_context=cfg.model.max_context,
                           max_new_tokens=s.max_new_tokens, temperature=s.temperature if temperature is None else temperature,

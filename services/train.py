@@ -77,6 +77,8 @@ class Trainer:
                                        target_high=sc.target_high, rate=sc.rate)
         self.lookahead = min(cfg.pipeline.max_staleness, cfg.pipeline.rollout_queue_size - 1)
         self.fleet: Fleet | None = None
+        self.held_out_line: str | None = None
+        self.eval_summary: dict[str, Any] | None = None
 
     def _log(self, msg: str) -> None:
         if self.console is not None:
@@ -96,6 +98,7 @@ class Trainer:
         self.memwatch = MemWatch().start()
         t_run = time.perf_counter()
         self.model_path = policy_model_path(cfg, log=self._log)
+        before = self._held_out(self.model_path, "eval_before.json") if cfg.run.eval_episodes else None
         fleet = self.fleet = build_fleet(cfg, self.model_path, str(rd.snapshot_path))
         self.task_ids = list(fleet.rollout.get(fleet.rollout.task_ids()))
         if not self.task_ids:
@@ -163,7 +166,20 @@ class Trainer:
                 advance(n + 1)
                 if (n + 1) % cfg.checkpoint.every == 0 or n + 1 == cfg.run.steps:
                     self._checkpoint(n + 1, scored, teacher_version)
+        final = rd.export_hf(cfg.run.steps, Path(self.model_path))
+        self._log(f"final policy: {final}")
+        if before is not None:
+            fleet.shutdown()  # free the actors' memory and cores for the evaluation
+            after = self._held_out(str(final), "eval_after.json")
+            self.held_out_line = (f"held-out success: before {before['success_rate']:.3f} -> after "
+                                  f"{after['success_rate']:.3f} ({int(after['episodes'])} episodes)")
+            self.eval_summary = {"before": before, "after": after}
         return self._finish(start, t_run)
+
+    def _held_out(self, model_path: str, name: str) -> dict[str, Any]:
+        from services.heldout import held_out
+
+        return held_out(self.cfg, model_path, self.cfg.run.eval_episodes, self.rundir.root / name, log=self._log)
 
     def _launch_until(self, limit: int) -> None:
         """Submit rollouts up to batch `limit` (they queue behind the weight loads already submitted)."""
@@ -211,11 +227,16 @@ class Trainer:
         peak = self.memwatch.stop()
         summary = {"steps": self.cfg.run.steps, "started_at_step": start, "wall_seconds": time.perf_counter() - t_run,
                    "peak_memory_gib": round(peak, 3), "peak_memory_processes": self.memwatch.peak_procs,
-                   "model_path": self.model_path, "mode": self.cfg.pipeline.mode}
+                   "model_path": self.model_path, "mode": self.cfg.pipeline.mode,
+                   "final_hf": str(self.rundir.root / "final_hf"), "held_out": self.eval_summary}
         self.rundir.write_json("summary.json", summary)
         self._log(f"peak memory (PSS, driver + {self.memwatch.peak_procs - 1} child processes): {peak:.2f} GiB | "
                   f"wall {summary['wall_seconds']:.0f}s")
         self.report.close()
+        self._log(self.report.learning_summary())
+        self._log(f"curves: {self.run_dir / 'curve.png'} | metrics: {self.rundir.metrics_path}")
+        if self.held_out_line:
+            self._log(self.held_out_line)
         return self.run_dir
 
 

@@ -141,8 +141,8 @@ def build_fleet(cfg: Config, model_path: str, snapshot_path: str) -> Fleet:
     per_worker = -(-cfg.batch_size // n_env)
     envs = [_make(EnvPoolWorker, (spec, per_worker, i), r.env, remote, restartable=True) for i in range(n_env)]
     rollout = _make(RolloutWorker, (cfg.model, cfg.rollout, cfg.run.seed, spec, envs, model_path), r.rollout, remote)
-    teacher = _make(TeacherWorker, (cfg.model, cfg.rollout.weight_sync_tolerance, cfg.run.seed, spec,
-                                    scoring_options(cfg), snapshot_path, model_path),
+    teacher = _make(TeacherWorker, (cfg.model, cfg.rollout, cfg.run.seed, spec, scoring_options(cfg), snapshot_path,
+                                    model_path, cfg.stepopsd.teacher_engine),
                     r.teacher, remote, restartable=True, retry_tasks=True)
     learner = _make(LearnerWorker, (cfg.model, cfg.learner, cfg.run.seed, model_path), r.learner, remote)
     return Fleet(envs, rollout, teacher, learner, remote)

@@ -8,7 +8,13 @@ updates reach the worker by reference. Those env vars must be set before vllm is
 
 Weights: plain `model.load_weights` is wrong on CPU (linear weights are repacked for the CPU kernels), so
 updates go through the worker's `reload_weights(weights_iterator=...)`, which re-runs the loader's
-post-processing, then the prefix cache is reset (cached KV blocks were computed by the old weights).
+post-processing, then the prefix cache is reset (cached KV blocks were computed by the old weights). The
+weights reach the workers through the named methods of our worker extension (actors/engines/vllm_ext.py)
+in buckets of `weight_bucket_mb`: no pickled callable (vLLM's multiprocess GPU executor refuses those), no
+single multi-GB message. Every load is verified on the probe.
+
+Engine options (`rollout.vllm.*`) are passed through: tensor_parallel_size, gpu_memory_utilization,
+enable_sleep_mode (GPU only), max_num_seqs, enable_prefix_caching (both).
 
 Log-probs: `logprobs_mode="raw_logprobs"` makes vLLM report log-softmax of the raw logits, the contract in
 base.py. `text` is our own decode of the token ids (vLLM would cut the text at the stop string).
@@ -28,6 +34,28 @@ import torch
 
 from actors.engines.base import GenOutput, check_probe, probe_ids
 
+EXTENSION = "actors.engines.vllm_ext.WeightSyncExtension"
+
+
+def weight_buckets(state_dict: dict[str, torch.Tensor], bucket_bytes: int) -> list[tuple[list[str], list[torch.Tensor]]]:
+    """Split a state dict into (names, CPU tensors) buckets of at most `bucket_bytes` (a larger tensor is a
+    bucket of its own), in the state dict's order."""
+    out: list[tuple[list[str], list[torch.Tensor]]] = []
+    names: list[str] = []
+    tensors: list[torch.Tensor] = []
+    size = 0
+    for k, v in state_dict.items():
+        n = v.numel() * v.element_size()
+        if tensors and size + n > bucket_bytes:
+            out.append((names, tensors))
+            names, tensors, size = [], [], 0
+        names.append(k)
+        tensors.append(v.detach().to("cpu").contiguous())
+        size += n
+    if tensors:
+        out.append((names, tensors))
+    return out
+
 
 def _cuda_available() -> bool:
     return torch.cuda.is_available()
@@ -38,11 +66,6 @@ def _set_cpu_env(kv_cache_gib: int) -> None:
     os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
-
-
-def _reload_on_worker(worker: Any, weights: list[tuple[str, torch.Tensor]]) -> None:
-    """Runs inside the worker (in-process on CPU, via collective_rpc pickling on GPU)."""
-    worker.reload_weights(weights_iterator=iter(weights))
 
 
 @contextlib.contextmanager
@@ -73,6 +96,10 @@ class VLLMEngine:
         gpu_memory_utilization: float = 0.5,
         kv_cache_gib: int = 1,
         max_num_seqs: int = 64,
+        tensor_parallel_size: int = 1,
+        enable_prefix_caching: bool = True,
+        enable_sleep_mode: bool = False,
+        weight_bucket_mb: int = 256,
     ) -> None:
         self.on_gpu = _cuda_available()
         if not self.on_gpu:
@@ -92,9 +119,14 @@ class VLLMEngine:
             max_num_seqs=max_num_seqs,
             logprobs_mode="raw_logprobs",
             enforce_eager=not self.on_gpu,
+            enable_prefix_caching=enable_prefix_caching,
+            worker_extension_cls=EXTENSION,
         )
         if self.on_gpu:
-            kwargs["gpu_memory_utilization"] = gpu_memory_utilization
+            kwargs.update(gpu_memory_utilization=gpu_memory_utilization, tensor_parallel_size=tensor_parallel_size,
+                          enable_sleep_mode=enable_sleep_mode)
+        elif tensor_parallel_size != 1 or enable_sleep_mode:
+            raise ValueError("rollout.vllm: tensor_parallel_size > 1 and enable_sleep_mode need a GPU build of vLLM")
         else:
             kwargs["distributed_executor_backend"] = "uni"
         with _llvmlite_hidden():
@@ -103,6 +135,7 @@ class VLLMEngine:
         self.version = 0
         self.max_context = max_context
         self.sync_tolerance = sync_tolerance
+        self.bucket_bytes = weight_bucket_mb * 2**20
         self.eos_token_id = int(self.tokenizer.eos_token_id)
         self._probe = probe_ids(self.tokenizer)
 
@@ -193,9 +226,13 @@ class VLLMEngine:
         expected_probe_logp: list[float] | None = None,
     ) -> dict:
         t0 = time.perf_counter()
-        weights = [(k, v.detach()) for k, v in state_dict.items()]
-        self.llm.collective_rpc(_reload_on_worker, args=(weights,))
+        self.llm.collective_rpc("stepopsd_begin_weights")
+        buckets = weight_buckets(state_dict, self.bucket_bytes)
+        for names, tensors in buckets:
+            self.llm.collective_rpc("stepopsd_add_bucket", args=(names, tensors))
+        self.llm.collective_rpc("stepopsd_commit_weights")
         self.llm.reset_prefix_cache()
         max_diff = check_probe(self.probe(), expected_probe_logp, version=version, tol=self.sync_tolerance)
         self.version = version
-        return {"version": version, "seconds": time.perf_counter() - t0, "max_abs_diff": max_diff, "ok": True}
+        return {"version": version, "seconds": time.perf_counter() - t0, "max_abs_diff": max_diff, "ok": True,
+                "buckets": len(buckets)}

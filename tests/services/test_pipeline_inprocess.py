@@ -44,7 +44,7 @@ def _plain_sync_loop(cfg, steps):
     spec = env_spec(cfg)
     env = Handle(EnvPoolWorker(spec, cfg.batch_size), EnvPoolWorker)
     rw = RolloutWorker(cfg.model, cfg.rollout, cfg.run.seed, spec, [env], mp)
-    tw = TeacherWorker(cfg.model, cfg.rollout.weight_sync_tolerance, cfg.run.seed, spec, scoring_options(cfg),
+    tw = TeacherWorker(cfg.model, cfg.rollout, cfg.run.seed, spec, scoring_options(cfg),
                        str(cfg.run.dir) + "/snap.safetensors", mp)
     lw = LearnerWorker(cfg.model, cfg.learner, cfg.run.seed, mp)
     sched = build_schedule("constant", lambda_mix=cfg.stepopsd.lambda_mix, alpha_clip=cfg.stepopsd.alpha_clip)
