@@ -37,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     lo.add_argument("--model", default=None, help="HF model dir (default: the config's starting policy)")
     lo.add_argument("--contexts", default=",".join(CONTEXTS),
                     help=f"hindsight context builders to compare, comma-separated (of {', '.join(CONTEXTS)})")
-    lo.add_argument("--out", default=None, help="also write every figure as JSON here")
+    lo.add_argument("--out", default=None, help="also write every figure as JSON here (and the tables as .md beside)")
     lo.add_argument("--knobs", default="1:0.5", help="extra lambda:alpha pairs (comma-separated) whose credit shares "
                     "are reported beside the config's (same teacher passes); '' for none")
     lo.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -165,9 +165,7 @@ def diagnose_case(batch: Any, t_logp: Any, error_step: int | None, *, step_filte
     res["step_delta"] = {k: float(mean[1, k]) for k in steps}
     res["lowest_step"] = int(lowest_delta_step(delta, mask, batch.step_ids)[1])
     res["n_steps"] = len(steps)
-    # a tie for the lowest mean (e.g. delta == 0 everywhere under the `none` builder) localises nothing
-    unique = sum(1 for k in steps if res["step_delta"][k] == res["step_delta"].get(res["lowest_step"])) == 1
-    res["hit"] = error_step is not None and unique and res["lowest_step"] == error_step
+    res["hit"] = is_hit(res["step_delta"], res["lowest_step"], error_step)
     res["mean_delta"] = float(delta[1][mask[1]].mean()) if bool(mask[1].any()) else 0.0
     return res
 
@@ -214,7 +212,8 @@ def localize(cfg: Any, data: Path, model_path: str, contexts: list[str], log: An
         batch.group_ids[:] = 0
         batch.behaviour_logp = _student_logp(engine, batch)
         row = {"line": case["line"], "task_type": case.get("task_type") or got.task_types[0] or "?",
-               "error_step": err, "turns": int(got.num_turns[0]), "won": bool(got.success[0]), "by_context": {}}
+               "error_step": err, "error_kind": case.get("error_kind"), "turns": int(got.num_turns[0]),
+               "won": bool(got.success[0]), "by_context": {}}
         for c, scorer in scorers.items():
             t_logp = scorer.teacher_logp(batch, torch.tensor([-1, 0]))
             row["by_context"][c] = diagnose_case(batch, t_logp, err, step_filter=so.step_filter,
@@ -225,6 +224,17 @@ def localize(cfg: Any, data: Path, model_path: str, contexts: list[str], log: An
               "step_filter": so.step_filter, "skipped": len(cf.problems) + len(cf.cases) - len(rows),
               "cases": rows, "summary": {c: summarize(rows, c) for c in contexts}}
     return report
+
+
+TIE_NATS = 1e-3  # step means closer than this to the lowest are a tie (numerical noise: padding, batching)
+
+
+def is_hit(step_delta: dict[int, float], lowest: int, error_step: int | None) -> bool:
+    """The case is localised: the labelled step has the lowest mean delta, and no other step is within
+    TIE_NATS of it (the `none` control's delta is 0 up to float noise: a tie localises nothing)."""
+    if error_step is None or lowest != error_step or lowest not in step_delta:
+        return False
+    return all(v - step_delta[lowest] > TIE_NATS for k, v in step_delta.items() if k != lowest)
 
 
 def knob_label(lam: float, alpha: float) -> str:
@@ -245,7 +255,9 @@ def summarize(rows: list[dict[str, Any]], context: str) -> dict[str, Any]:
 
     labelled = [r for r in rows if r["error_step"] is not None]
     types = sorted({r["task_type"] for r in labelled})
-    return {"all": agg(labelled), "by_type": {t: agg([r for r in labelled if r["task_type"] == t]) for t in types}}
+    kinds = sorted({r.get("error_kind") or "?" for r in labelled})
+    return {"all": agg(labelled), "by_type": {t: agg([r for r in labelled if r["task_type"] == t]) for t in types},
+            "by_kind": {k: agg([r for r in labelled if (r.get("error_kind") or "?") == k]) for k in kinds}}
 
 
 def render(report: dict[str, Any], final_context: str) -> list[str]:
@@ -262,7 +274,8 @@ def render(report: dict[str, Any], final_context: str) -> list[str]:
         lines.append(f"-- hindsight context '{c}'")
         lines.append(f"   {'task type':<34} {'cases':>5} {'top-1':>6} {'random':>7}  "
                      + " ".join(f"{b:>15}" for b in BUDGETS) + f" {'token share':>12}")
-        for t, a in [*s["by_type"].items(), ("all", s["all"])]:
+        by_kind = [(f"error kind: {k}", a) for k, a in s.get("by_kind", {}).items()] if len(s.get("by_kind", {})) > 1 else []
+        for t, a in [*s["by_type"].items(), *by_kind, ("all", s["all"])]:
             lines.append(f"   {t:<34} {a['cases']:>5} {a['top1']:>6} {a['random']:>7.2f}  "
                          + " ".join(f"{a['credit_share'][b]:>15.4f}" for b in BUDGETS) + f" {a['token_share']:>12.4f}")
         for k, shares in s["all"]["credit_share_at"].items():
@@ -276,36 +289,78 @@ def render(report: dict[str, Any], final_context: str) -> list[str]:
     return lines
 
 
+def markdown(report: dict[str, Any], title: str) -> str:
+    """The summary tables of a report as markdown (docs/results)."""
+    out = [f"## {title}", "", f"Model `{report['model']}`, step filter `{report['step_filter']}`, "
+           f"{len(report['cases'])} cases ({report['skipped']} skipped). Top-1: the lowest-mean-Δ step is the "
+           "labelled error step (ties within 1e-3 nats count as misses); random: the expected count for a uniformly "
+           "random step. Credit share: the failed trajectory's |Â| on the error step, beside that step's token "
+           "share (= the share under uniform GRPO credit).", ""]
+    for c, s in report["summary"].items():
+        out += [f"### hindsight context `{c}`", "",
+                "| subset | n | top-1 | random | " + " | ".join(f"{b} @{k}" for k in s["all"]["credit_share_at"]
+                                                            for b in BUDGETS) + " | token share |",
+                "|---|---|---|---|" + "---|" * (len(BUDGETS) * len(s["all"]["credit_share_at"])) + "---|"]
+        by_kind = [(f"error kind: {k}", a) for k, a in s.get("by_kind", {}).items()] if len(s.get("by_kind", {})) > 1 else []
+        for t, a in [*s["by_type"].items(), *by_kind, ("**all**", s["all"])]:
+            out.append(f"| {t} | {a['cases']} | {a['top1']} | {a['random']:.2f} | "
+                       + " | ".join(f"{a['credit_share_at'][k][b]:.4f}" for k in a["credit_share_at"] for b in BUDGETS)
+                       + f" | {a['token_share']:.4f} |")
+        out.append("")
+    return "\n".join(out)
+
+
+def rescore(report: dict[str, Any]) -> dict[str, Any]:
+    """Recompute hits and summaries of a saved report (JSON turns step keys into strings) with this module's
+    rules; the teacher/student figures are kept as they are."""
+    for row in report["cases"]:
+        for f in row["by_context"].values():
+            f["step_delta"] = {int(k): v for k, v in f["step_delta"].items()}
+            f["hit"] = is_hit(f["step_delta"], f["lowest_step"], row["error_step"])
+    report["summary"] = {c: summarize(report["cases"], c) for c in report["summary"]}
+    return report
+
+
 def run_localize(args: argparse.Namespace) -> int:
-    from services.config import load_config
+    from services.config import ConfigError, load_config
     from services.wiring import policy_model_path
 
     cfg = load_config(args.config, args.overrides)
     contexts = [c.strip() for c in args.contexts.split(",") if c.strip()]
     for c in contexts:
         if c not in CONTEXTS:
-            raise ValueError(f"--contexts: unknown builder {c!r}; known: {', '.join(CONTEXTS)}")
+            raise ConfigError(f"--contexts: unknown builder {c!r}; known: {', '.join(CONTEXTS)}")
     final = cfg.stepopsd.hindsight_context if cfg.stepopsd.hindsight_context in contexts else contexts[0]
     model = args.model or policy_model_path(cfg)
     try:
         knobs = tuple((float(k.split(":")[0]), float(k.split(":")[1])) for k in args.knobs.split(",") if k.strip())
     except (ValueError, IndexError):
-        raise ValueError(f"--knobs {args.knobs!r}: expected lambda:alpha pairs, e.g. 1:0.5,0.5:0.2") from None
-    report = localize(cfg, Path(args.data), model, contexts, extra_knobs=knobs)
+        raise ConfigError(f"--knobs {args.knobs!r}: expected lambda:alpha pairs, e.g. 1:0.5,0.5:0.2") from None
+    if not Path(args.data).is_file():
+        raise ConfigError(f"--data {args.data}: cases file not found")
+    try:
+        report = localize(cfg, Path(args.data), model, contexts, extra_knobs=knobs)
+    except ValueError as e:  # no usable case, or an env kind without the diagnosis hooks
+        raise ConfigError(str(e)) from None
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=1))
+        Path(args.out).with_suffix(".md").write_text(markdown(report, f"Step-error localization: {args.data}"))
     print("\n".join(render(report, final)), flush=True)
     return 0
 
 
 def run_make_cases(args: argparse.Namespace) -> int:
     from envs import registry
-    from services.config import load_config
+    from services.config import ConfigError, load_config
     from services.wiring import env_spec
 
     cfg = load_config(args.config, args.overrides)
     spec = env_spec(cfg, serve=False)
-    cases = registry.hook(spec, "make_cases")(spec, Path(args.out), args.n, seed=args.seed, split=args.split)
+    try:
+        make = registry.hook(spec, "make_cases")
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    cases = make(spec, Path(args.out), args.n, seed=args.seed, split=args.split)
     kinds: dict[str, int] = {}
     for c in cases:
         kinds[c.get("error_kind", "?")] = kinds.get(c.get("error_kind", "?"), 0) + 1

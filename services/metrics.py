@@ -15,6 +15,8 @@ Keys the driver passes to :meth:`Metrics.log_step` (one gauge each, ``stepopsd_<
 delta_std          Std(Δ): true standard deviation of Δ_t = log p_T − log p_S over shaped tokens.
                    The paper's headline health signal; after λ reaches 0 it tracks policy/teacher drift.
 delta_mean         Mean Δ over shaped tokens.
+lowest_delta_step_share  Failed trajectories with a teacher: share of |Â − A| landing on each one's
+                   lowest-mean-Δ step (where the teacher puts the blame; docs/credit_budgets.md).
 w_mean, w_std      Mean and std of the token weights w_t (after the credit budget and clip).
 clip_frac          Fraction of shaped tokens whose w sits at 1 ± α_clip.
 adv_var            Var(A): variance of the plain GRPO advantage over generated tokens.

@@ -201,18 +201,20 @@ def test_lambda_zero_is_bit_identical_grpo_every_budget(b, alpha, budget):
     assert torch.equal(adv_hat, adv)
 
 
-def _no_clip_batch(b):
-    # alpha 0.99 with |delta| <= 0.5 keeps every weight in (0.75, 1.25), away from both clips after rescaling
+def _no_clip(b, *budgets):
+    """(adv, mask, steps, {budget: A^}) at lam 1 on a batch whose weights never reach a clip: alpha 0.99 with
+    |delta| <= 0.5 keeps every weight in (0.75, 1.25), away from both clips after rescaling."""
     adv, ls, lt, mask, steps = b
-    return adv.abs() + 0.5, ls, ls + (lt - ls).clamp(-0.5, 0.5), mask, steps
+    adv, lt = adv.abs() + 0.5, ls + (lt - ls).clamp(-0.5, 0.5)
+    return adv, mask, steps, {bu: shape_advantages(adv, ls, lt, mask, steps, lam=1.0, alpha=0.99,
+                                                   credit_budget=bu)[0] for bu in budgets}
 
 
 @settings(max_examples=80, deadline=None)
 @given(batches())
 def test_step_mean_keeps_step_totals_trajectory_mean_keeps_row_totals(b):
-    adv, ls, lt, mask, steps = _no_clip_batch(b)
-    sm, _ = shape_advantages(adv, ls, lt, mask, steps, lam=1.0, alpha=0.99, credit_budget="step_mean")
-    tm, _ = shape_advantages(adv, ls, lt, mask, steps, lam=1.0, alpha=0.99, credit_budget="trajectory_mean")
+    adv, mask, steps, got = _no_clip(b, "step_mean", "trajectory_mean")
+    sm, tm = got["step_mean"], got["trajectory_mean"]
     for bi in range(adv.shape[0]):
         for s in set(steps[bi].tolist()):
             sel = mask[bi] & (steps[bi] == s)
@@ -247,9 +249,8 @@ def test_step_level_matches_loop(b, alpha):
 @settings(max_examples=80, deadline=None)
 @given(batches())
 def test_trajectory_mean_matches_loop(b):
-    adv, ls, lt, mask, steps = _no_clip_batch(b)
-    none_hat, _ = shape_advantages(adv, ls, lt, mask, steps, lam=1.0, alpha=0.99, credit_budget="none")
-    tm, _ = shape_advantages(adv, ls, lt, mask, steps, lam=1.0, alpha=0.99, credit_budget="trajectory_mean")
+    adv, mask, steps, got = _no_clip(b, "none", "trajectory_mean")
+    none_hat, tm = got["none"], got["trajectory_mean"]
     w = none_hat / adv
     for bi in range(adv.shape[0]):
         if mask[bi].any():
