@@ -36,6 +36,13 @@ def autocast_ok(device: torch.device, dtype: torch.dtype) -> bool:
     return device.type == "cuda" or (device.type == "cpu" and dtype == torch.bfloat16)
 
 
+def autocast_context(device: torch.device, dtype: torch.dtype) -> Any:
+    """A fresh mixed-precision context for a forward pass (a no-op where `autocast_ok` says no)."""
+    if autocast_ok(device, dtype):
+        return torch.autocast(device_type=device.type, dtype=dtype)
+    return contextlib.nullcontext()
+
+
 def token_logprobs(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """(B, T) ids, (B, T) bool mask -> (B, T) float32: out[:, t] = log p(ids[:, t] | ids[:, :t]); out[:, 0] = 0.
 
@@ -136,9 +143,7 @@ class Learner:
         return out
 
     def _autocast(self) -> Any:
-        if self.autocast:
-            return torch.autocast(device_type=self.device.type, dtype=self.compute_dtype)
-        return contextlib.nullcontext()
+        return autocast_context(self.device, self.compute_dtype)
 
     def get_weights(self, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
         """A detached CPU copy of the model's state dict (what gets published); floating tensors cast to

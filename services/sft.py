@@ -104,13 +104,9 @@ def sft_train(model: torch.nn.Module, batch: Any, *, epochs: int, lr: float, mic
               seed: int = 0, log: Any = print, compute_dtype: torch.dtype = torch.float32) -> list[float]:
     """Token-mean NLL on generated-role tokens; returns the mean loss per epoch. The model stays where it is
     (fp32 master weights); micro-batches move to its device and run under autocast to `compute_dtype`."""
-    import contextlib
-
-    from learner.learner import autocast_ok, token_logprobs
+    from learner.learner import autocast_context, token_logprobs
 
     dev = next(model.parameters()).device
-    amp = (lambda: torch.autocast(device_type=dev.type, dtype=compute_dtype)) if autocast_ok(dev, compute_dtype) \
-        else contextlib.nullcontext
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
     mask_all, attn_all = batch.generated_mask, batch.attention_mask
@@ -124,7 +120,7 @@ def sft_train(model: torch.nn.Module, batch: Any, *, epochs: int, lr: float, mic
             idx = torch.tensor(perm[s: s + micro_batch_size])
             attn, mask = attn_all[idx], mask_all[idx]
             T = int(attn.sum(-1).max())
-            with amp():
+            with autocast_context(dev, compute_dtype):
                 lp = token_logprobs(model, batch.input_ids[idx, :T].to(dev), attn[:, :T].to(dev))
             m = mask[:, :T].float().to(dev)
             loss = -(lp * m).sum() / m.sum().clamp(min=1)

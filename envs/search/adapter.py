@@ -70,13 +70,11 @@ def check_case(spec: EnvSpec, case: dict[str, Any], base_dir: Path) -> str | Non
 def case_pool(spec: EnvSpec, cases: list[dict[str, Any]], base_dir: Path) -> tuple[SearchEnvPool, list[str]]:
     """A one-env pool over the cases' questions (task id i is case i), talking to the service at the url."""
     from envs.search.cases import case_tasks
-    from envs.search.client import RetrievalClient
+    from envs.search.factory import client_for
 
-    o = _opts(spec)
     tasks = case_tasks(cases)
-    client = RetrievalClient(o.url, topk=o.topk, timeout_s=o.timeout_s, retries=o.retries)
     turns = max([spec.max_turns] + [len(c[k]) for c in cases for k in ("actions", "reference_actions")])
-    return SearchEnvPool(tasks, client, 1, max_turns=turns), [t.id for t in tasks]
+    return SearchEnvPool(tasks, client_for(_opts(spec)), 1, max_turns=turns), [t.id for t in tasks]
 
 
 def script_turns(spec: EnvSpec, actions: list[str]) -> list[str]:

@@ -35,6 +35,11 @@ def load_split_tasks(cfg: SearchEnvConfig, cache_dir: str | Path, split: str = "
     return load_tasks(cfg.eval_data if split == "eval" and cfg.eval_data else cfg.data)
 
 
+def client_for(cfg: SearchEnvConfig) -> RetrievalClient:
+    """The HTTP client of the service at `cfg.url` with the section's top-k, timeout and retries."""
+    return RetrievalClient(cfg.url, topk=cfg.topk, timeout_s=cfg.timeout_s, retries=cfg.retries)
+
+
 def build_search_pool(cfg: SearchEnvConfig, cache_dir: str | Path, num_envs: int = 1,
                       max_turns: int = 4, split: str = "train") -> SearchEnvPool:
     tasks = load_split_tasks(cfg, cache_dir, split)
@@ -47,5 +52,4 @@ def build_search_pool(cfg: SearchEnvConfig, cache_dir: str | Path, num_envs: int
     if cfg.corpus is None and cfg.data is None and health.get("name") not in (None, SYNTHETIC_CORPUS):
         log.warning("search: the service at %s serves corpus %r, the tasks expect %r", cfg.url, health["name"],
                     SYNTHETIC_CORPUS)
-    client = RetrievalClient(cfg.url, topk=cfg.topk, timeout_s=cfg.timeout_s, retries=cfg.retries)
-    return SearchEnvPool(tasks, client, num_envs, max_turns=max_turns)
+    return SearchEnvPool(tasks, client_for(cfg), num_envs, max_turns=max_turns)
