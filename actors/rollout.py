@@ -3,7 +3,10 @@
 Each trajectory is one concatenated chat sequence (learner/batch.py). Per turn, every still-running
 episode's full token sequence is sent to the engine as one batched `generate`; the sampled ids and their
 behaviour log-probs are appended verbatim (roles from the env's parser, step id = turn index); the env's
-observation is then appended as observation-role tokens. An episode ends when the env terminates or
+observation is then appended as observation-role tokens. Sampling is seeded per episode (`row_seed` of the
+batch seed, the turn and the episode's GLOBAL row = group index in the whole batch x G + member), so a batch
+split over several rollout workers by GRPO group (`group_base`) samples the same episodes as one worker
+would (engines take per-row seeds). An episode ends when the env terminates or
 truncates, at `max_turns`, or when the next turn would not fit `max_context` (counted as
 `context_truncated`, never silently cut).
 """
@@ -21,6 +24,11 @@ from actors.chat import chat_pieces, observation_text, prompt_text, roles_for_to
 from envs.pool import EnvPoolLike
 from learner import roles
 from learner.batch import TrajectoryBatch
+
+
+def row_seed(batch_seed: int, turn: int, row: int) -> int:
+    """The sampling seed of global row `row` at `turn` of the batch seeded `batch_seed` (63-bit)."""
+    return ((batch_seed * 1_000_003 + turn) * 1_000_033 + row) % (2**63 - 1)
 
 
 @dataclass
@@ -63,15 +71,20 @@ class MultiTurnRollout:
     def encode(self, text: str) -> list[int]:
         return list(self.tok(text, add_special_tokens=False)["input_ids"])
 
-    def run(self, task_ids: list[str], group_size: int, *, seed: int, policy_version: int) -> TrajectoryBatch:
-        """Roll out `group_size` episodes for each task; returns a validated batch of len(task_ids) * G rows."""
+    def run(self, task_ids: list[str], group_size: int, *, seed: int, policy_version: int,
+            group_base: int = 0) -> TrajectoryBatch:
+        """Roll out `group_size` episodes for each task; returns a validated batch of len(task_ids) * G rows.
+        `group_base`: global index of this call's first group (its share of a batch split by group); group ids
+        and seeds are global, so the shares concatenate to the batch one call would give."""
         B = len(task_ids) * group_size
         if B > self.pool.num_envs():
             raise ValueError(f"rollout needs {B} envs (tasks x group_size) but the pool has {self.pool.num_envs()}")
         t0 = time.perf_counter()
-        eps = [_Episode(slot=b, group=b // group_size, task_id=task_ids[b // group_size]) for b in range(B)]
+        row0 = group_base * group_size  # global row of this call's first episode
+        eps = [_Episode(slot=b, group=group_base + b // group_size, task_id=task_ids[b // group_size])
+               for b in range(B)]
         resets = self.pool.reset([e.slot for e in eps], [e.task_id for e in eps],
-                                 [seed * 100003 + b for b in range(B)])
+                                 [seed * 100003 + row0 + b for b in range(B)])
         for e, (first, info) in zip(eps, resets):
             e.first_user = first
             e.task_type = str(info.get("task_type", ""))
@@ -92,7 +105,8 @@ class MultiTurnRollout:
             if not active:
                 break
             tg = time.perf_counter()
-            outs = self.engine.generate([e.ids for e in active], seed=seed * 1009 + turn, **self.sampling)
+            outs = self.engine.generate([e.ids for e in active], seed=seed * 1009 + turn,
+                                        seeds=[row_seed(seed, turn, row0 + e.slot) for e in active], **self.sampling)
             gen_time += time.perf_counter() - tg
             texts = []
             for e, out in zip(active, outs):

@@ -42,7 +42,45 @@ def _seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-class EnvPoolWorker:
+def describe_process() -> dict[str, Any]:
+    """pid, host and (inside Ray) node id / IP of the calling process: what the driver lists per actor."""
+    import socket
+
+    info: dict[str, Any] = {"pid": os.getpid(), "host": socket.gethostname(), "node": socket.gethostname()}
+    try:
+        import ray
+
+        if ray.is_initialized():
+            ctx = ray.get_runtime_context()
+            info["node"] = ctx.get_node_id()
+            info["node_ip"] = ray.util.get_node_ip_address()
+    except ImportError:  # pragma: no cover
+        pass
+    info["cuda_devices"] = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return info
+
+
+class _Member:
+    """What every worker answers: its process (for the driver's fleet listing) and, for the rollout workers,
+    teachers and learners, its membership of the run's torch.distributed world (actors/collective.py)."""
+
+    collective: Any = None
+
+    def getpid(self) -> int:
+        return os.getpid()
+
+    def describe(self) -> dict[str, Any]:
+        return describe_process()
+
+    def join(self, spec: Any, rank: int) -> int:
+        """Join the run's process groups as global `rank` (all members are called concurrently)."""
+        from actors.collective import Collective
+
+        self.collective = Collective(spec, rank, getattr(self, "device", "cpu"))
+        return rank
+
+
+class EnvPoolWorker(_Member):
     """Many envs of one kind in one process; wraps the env kind's pool (envs/registry.py)."""
 
     def __init__(self, spec: EnvSpec, num_envs: int, worker_index: int = 0) -> None:
@@ -51,9 +89,6 @@ class EnvPoolWorker:
         self.pool = make_pool(spec, num_envs)
         self.system_prompt = self.pool.system_prompt
         self.worker_index = worker_index
-
-    def getpid(self) -> int:
-        return os.getpid()
 
     def num_envs(self) -> int:
         return self.pool.num_envs()
@@ -134,8 +169,10 @@ def engine_options(model: ModelConfig, rollout: RolloutConfig) -> dict[str, Any]
     return rollout.vllm.model_dump()
 
 
-class RolloutWorker:
-    """Owns the rollout engine; drives episodes on the env shards; loads verified weights."""
+class RolloutWorker(_Member):
+    """Owns the rollout engine; drives episodes on its env shards; loads verified weights. In a fleet of N,
+    each runs its share of a batch's GRPO groups (`group_base`): seeds and group ids are global, so the
+    shares concatenate to what one worker would produce."""
 
     def __init__(self, model: ModelConfig, rollout: RolloutConfig, seed: int, env: EnvSpec,
                  env_shards: list[Handle[EnvPoolWorker]], model_path: str) -> None:
@@ -155,17 +192,15 @@ class RolloutWorker:
                                         temperature=s.temperature, top_p=s.top_p, stop=s.stop)
         self.version = 0
         self.restarts_seen = 0
-
-    def getpid(self) -> int:
-        return os.getpid()
+        self.device = engine_device(model, rollout.engine)
 
     def task_ids(self) -> list[str]:
         return self.pool.task_ids()
 
     @returns(2)
-    def run(self, task_ids: list[str], batch_index: int) -> tuple[Any, dict[str, float]]:
-        """(TrajectoryBatch, rollout stats) of batch `batch_index` (seeded by it, so a re-run reproduces it).
-        Env shards that die mid-rollout (Ray restarts them) make the whole batch re-run: every episode is
+    def run(self, task_ids: list[str], batch_index: int, group_base: int = 0) -> tuple[Any, dict[str, float]]:
+        """(TrajectoryBatch, rollout stats) of batch `batch_index` (seeded by it, so a re-run reproduces it);
+        `task_ids` are this worker's groups, the first being group `group_base` of the batch. Env shards that die mid-rollout (Ray restarts them) make the whole batch re-run: every episode is
         accounted for."""
         seed = self.seed * 1_000_003 + batch_index
         attempts = 0
@@ -173,7 +208,7 @@ class RolloutWorker:
             try:
                 torch.manual_seed(seed)
                 batch = self.rollout.run(task_ids, self.group_size, seed=seed,
-                                         policy_version=self.version)
+                                         policy_version=self.version, group_base=group_base)
                 stats = dict(self.rollout.last_stats)
                 stats["env_restarts"] = float(attempts)
                 return batch, stats
@@ -189,6 +224,26 @@ class RolloutWorker:
         self.version = packet.version
         return dict(info)
 
+    def receive_weights(self, meta: Any, group: str) -> dict[str, Any]:
+        """`pipeline.weight_sync: collective`: receive the learner's broadcast of `meta`'s weights over
+        `group`, then load them like a packet (verified on the probe)."""
+        t0 = time.perf_counter()
+        sd = self.collective.receive_state(meta, group)
+        t_recv = time.perf_counter() - t0
+        info = self.load_weights(WeightsPacket(meta.version, sd, meta.probe_logp))
+        info["seconds"] = time.perf_counter() - t0
+        info["receive_seconds"] = t_recv
+        return info
+
+
+def engine_device(model: ModelConfig, engine: str) -> torch.device:
+    """Where an engine's weights live: the HF engine on `model.device`; vLLM on the GPU when there is one."""
+    from actors.device import resolve_device
+
+    if engine == "hf":
+        return resolve_device(model.device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
 
 def _is_actor_death(e: BaseException) -> bool:
     try:
@@ -198,17 +253,22 @@ def _is_actor_death(e: BaseException) -> bool:
     return isinstance(e, RayActorError)
 
 
-class TeacherWorker:
+class TeacherWorker(_Member):
     """Holds the hindsight teacher (an HF or vLLM engine -- `stepopsd.teacher_engine` -- with snapshot weights;
     vLLM scores with prompt_logprobs) and runs the scoring stage: teacher
     log-probs for the rows that have a hindsight source, composed by `learner.scoring.score_batch`.
 
-    The snapshot is persisted to `snapshot_path` on every refresh, so a restarted actor (Ray re-runs
-    __init__) comes back with the same snapshot and version.
+    The snapshot is persisted to `snapshot_path` on every refresh (by teacher 0 of a fleet; the others only
+    read it), so a restarted actor (Ray re-runs __init__) comes back with the same snapshot and version.
+
+    A fleet of M teachers (`stepopsd.num_teacher_workers`) splits a batch by GRPO group: teacher j computes
+    the teacher log-probs of groups j, j+M, ... (`teacher_logp_share`) and teacher 0 composes the scored
+    batch from the rollout parts and the M shares (`compose`). Each row's log-probs depend only on that row,
+    and the composition is the same pure function, so M teachers give what one gives.
     """
 
     def __init__(self, model: ModelConfig, rollout: RolloutConfig, seed: int, env: EnvSpec, scoring: ScoringOptions,
-                 snapshot_path: str, model_path: str, engine_kind: str = "hf") -> None:
+                 snapshot_path: str, model_path: str, engine_kind: str = "hf", index: int = 0) -> None:
         from actors.engines import build_engine
         from actors.teacher import TeacherScorer
         from envs.registry import protocol_for
@@ -216,6 +276,8 @@ class TeacherWorker:
         torch.set_num_threads(model.torch_threads)
         self.scoring = scoring.validate()
         self.snapshot_path = Path(snapshot_path)
+        self.index = index
+        self.device = engine_device(model, engine_kind)
         # the teacher context adds a hindsight block to the prompt: twice the student's context budget
         engine = build_engine(engine_kind, model_path, dtype=model.dtype, torch_threads=model.torch_threads,
                               seed=seed, max_context=model.max_context * 2,
@@ -232,9 +294,6 @@ class TeacherWorker:
         version = int(sd.pop("__version__").item())
         self.scorer.load_weights(sd, version, None)
 
-    def getpid(self) -> int:
-        return os.getpid()
-
     def version(self) -> int:
         return self.scorer.version
 
@@ -243,6 +302,8 @@ class TeacherWorker:
         from safetensors.torch import save_file
 
         info = self.scorer.load_weights(packet.state_dict, packet.version, packet.probe_logp)
+        if self.index != 0:  # teacher 0 persists the fleet's snapshot
+            return info
         tmp = self.snapshot_path.with_suffix(".tmp")
         sd = {k: v.contiguous() for k, v in packet.state_dict.items()}
         sd["__version__"] = torch.tensor([packet.version])
@@ -250,27 +311,80 @@ class TeacherWorker:
         os.replace(tmp, self.snapshot_path)
         return info
 
+    def receive_refresh(self, meta: Any, group: str) -> dict[str, Any]:
+        """`pipeline.weight_sync: collective`: receive the learner's broadcast over `group`, then refresh."""
+        t0 = time.perf_counter()
+        sd = self.collective.receive_state(meta, group)
+        info = self.refresh(WeightsPacket(meta.version, sd, meta.probe_logp))
+        info["seconds"] = time.perf_counter() - t0
+        return info
+
     @returns(2)
-    def score(self, traj: Any, lam: float, alpha: float) -> tuple[Any, Any]:
-        """(ScoredBatch, its ScoreStats): the batch goes on to the learner by ref, the stats to the driver."""
+    def score(self, traj: Any, lam: float, alpha: float, *more: Any) -> tuple[Any, Any]:
+        """(ScoredBatch, its ScoreStats) of the batch `traj` (+ `more` parts of it, from a rollout fleet,
+        concatenated): the batch goes on to the learner by ref, the stats to the driver."""
         from learner.scoring import hindsight_sources, needs_teacher, score_batch
 
         t0 = time.perf_counter()
+        traj = _joined([traj, *more])
         sources = hindsight_sources(traj)
         t_logp = self.scorer.teacher_logp(traj, sources) if needs_teacher(sources, self.scoring) else None
         scored = score_batch(traj, t_logp, sources, opts=self.scoring, lam=lam, alpha=alpha,
                              teacher_version=self.scorer.version, seconds=time.perf_counter() - t0)
         return scored, scored.stats
 
+    def teacher_logp_share(self, index: int, count: int, *parts: Any) -> tuple[Any, float]:
+        """(teacher log-probs (B, T) of the rows of groups index, index + count, ... (0 elsewhere) or None when
+        no row needs the teacher, seconds) for the batch made of `parts`."""
+        from learner.scoring import hindsight_sources, needs_teacher
 
-class LearnerWorker:
+        t0 = time.perf_counter()
+        traj = _joined(list(parts))
+        sources = hindsight_sources(traj)
+        if not needs_teacher(sources, self.scoring):
+            return None, time.perf_counter() - t0
+        groups = torch.unique(traj.group_ids)  # ascending
+        mine = torch.isin(traj.group_ids, groups[index::count])  # (B,) rows of this teacher's groups
+        t_logp = self.scorer.teacher_logp(traj, torch.where(mine, sources, -1))
+        return t_logp, time.perf_counter() - t0
+
+    @returns(2)
+    def compose(self, lam: float, alpha: float, n_parts: int, *items: Any) -> tuple[Any, Any]:
+        """(ScoredBatch, ScoreStats) from `n_parts` rollout parts followed by the teachers' shares
+        (`teacher_logp_share` results): the shares are summed (each is 0 off its own rows)."""
+        from learner.scoring import hindsight_sources, score_batch
+
+        t0 = time.perf_counter()
+        traj = _joined(list(items[:n_parts]))
+        shares = list(items[n_parts:])
+        logps = [lp for lp, _ in shares if lp is not None]
+        t_logp = torch.stack(logps).sum(0) if logps else None
+        spent = max((sec for _, sec in shares), default=0.0)
+        scored = score_batch(traj, t_logp, hindsight_sources(traj), opts=self.scoring, lam=lam, alpha=alpha,
+                             teacher_version=self.scorer.version, seconds=spent + time.perf_counter() - t0)
+        return scored, scored.stats
+
+
+def _joined(parts: list[Any]) -> Any:
+    """One TrajectoryBatch from a rollout fleet's parts (the part itself when there is one)."""
+    from learner.batch import TrajectoryBatch
+
+    return parts[0] if len(parts) == 1 else TrajectoryBatch.concat(parts)
+
+
+class LearnerWorker(_Member):
     """The torch model + AdamW; PPO updates on scored batches; publishes versioned weights.
+
+    In a group of W (`learner.num_workers`) every rank holds a replica; after `join` the update is data
+    parallel (learner/learner.py: rows split, gradients summed over the group). Rank 0 publishes and saves;
+    every rank loads a checkpoint. With `pipeline.weight_sync: collective` rank 0 broadcasts the weights
+    it publishes to the rollout workers / teachers (`publish_meta`, then `broadcast_weights`).
 
     The model sits on `model.device` with fp32 master weights (and fp32 AdamW state); with `model.dtype`
     bf16/fp16 the learner computes under autocast and publishes weights cast to that dtype, which is what
     the engines hold. The probe sent with a packet is computed with exactly the published weights."""
 
-    def __init__(self, model_cfg: ModelConfig, lc: LearnerConfig, seed: int, model_path: str) -> None:
+    def __init__(self, model_cfg: ModelConfig, lc: LearnerConfig, seed: int, model_path: str, rank: int = 0) -> None:
         from actors.device import DTYPES, resolve_device
         from actors.engines.base import probe_ids
         from actors.models import load_hf_model, load_tokenizer
@@ -302,9 +416,25 @@ class LearnerWorker:
                                ppo_epochs=lc.ppo_epochs, ref_model=ref, skip_zero_advantage=lc.skip_zero_advantage,
                                device=self.device, compute_dtype=self.dtype)
         self.probe = probe_ids(load_tokenizer(path))
+        self.rank = rank
+        self._published: tuple[dict[str, torch.Tensor], Any] | None = None
 
-    def getpid(self) -> int:
-        return os.getpid()
+    def dist_address(self) -> str:
+        """host:port for the run's torch.distributed store (this actor is rank 0)."""
+        from actors.collective import free_address
+
+        return free_address()
+
+    def join(self, spec: Any, rank: int) -> int:
+        """Join the run's world; with W > 1 learner ranks the update becomes data parallel."""
+        from actors.collective import LEARNER_GROUP
+
+        super().join(spec, rank)
+        ranks = spec.groups.get(LEARNER_GROUP, [rank])
+        if len(ranks) > 1:
+            self.learner.set_data_parallel(ranks.index(rank), len(ranks),
+                                           lambda ts: self.collective.all_reduce_(ts, LEARNER_GROUP))
+        return rank
 
     def update(self, scored: Any) -> dict[str, float]:
         t0 = time.perf_counter()
@@ -335,6 +465,25 @@ class LearnerWorker:
         self.learner.model.eval()
         sd = self._merged_state()
         return WeightsPacket(version=self.learner.version, state_dict=sd, probe_logp=self._probe(sd))
+
+    def publish_meta(self) -> Any:
+        """Collective sync, step 1: compute the weights to publish (kept for `broadcast_weights`) and return
+        only their description + probe (small; the driver hands it to the receivers)."""
+        from actors.collective import meta_of
+
+        packet = self.publish()
+        meta = meta_of(packet.state_dict, packet.version, packet.probe_logp)
+        self._published = (packet.state_dict, meta)
+        return meta
+
+    def broadcast_weights(self, group: str) -> dict[str, Any]:
+        """Collective sync, step 2: send the weights of the last `publish_meta` to `group`'s receivers."""
+        if self._published is None:
+            raise RuntimeError("broadcast_weights before publish_meta")
+        sd, meta = self._published
+        t0 = time.perf_counter()
+        buckets = self.collective.broadcast_state(sd, meta, group)
+        return {"version": meta.version, "seconds": time.perf_counter() - t0, "buckets": buckets}
 
     def save(self, ckpt_dir: str) -> None:
         from safetensors.torch import save_file

@@ -47,6 +47,9 @@ BENCHES: list[tuple[str, list[str], int, str]] = [
      "our multi-turn rollout vs the bare engine replaying the same generate calls (HF and vLLM)"),
     ("retrieval", ["benchmarks/retrieval.py", "--corpus", "wiki", "--batches", "5", "--naive-batches", "1"], 600,
      "BM25 retrieval: bm25s vs a naive Python scan, and the HTTP /retrieve service"),
+    ("weight_sync", ["benchmarks/weight_sync.py", "--model", "builtin:smollm2-135m", "--rollouts", "2",
+                     "--repeats", "5"], 600,
+     "weight sync to 2 rollout workers, object store vs collective broadcast (gloo), SmolLM2, real Ray actors"),
     ("pipeline", ["benchmarks/pipeline.py", "--warm-start", "deploy/configs/experiment_cpu.yaml", "--steps", "12",
                   "--turns", "4", "--max-new-tokens", "64", "--mode", "ray"], 1500,
      "StepOPSD vs GRPO step time and async vs sync throughput, real Ray actors, in one run (ALFWorld, "

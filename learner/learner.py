@@ -9,6 +9,14 @@ term, so they are not forwarded at all (`skip_zero_advantage`); parameters left 
 one, so the optimizer step is the same as if they had been computed. After the update the policy version is incremented; weights are handed
 out as a CPU state dict (the driver puts it in the object store, versioned).
 
+Data parallel (`dp_rank`, `dp_world`, `all_reduce`): W learner processes hold identical replicas and each gets
+the WHOLE scored batch; rank r forwards every W-th of the rows that are forwarded, scales its micro-batch
+losses by the GLOBAL token (row) count -- known from the full batch's mask, the same number an all-reduce of
+the ranks' counts gives -- and the gradients are summed over the ranks (`all_reduce`, in place) before
+clipping and the optimizer step. The summed gradient is the single-process full-batch gradient (up to the
+order of float additions), so every rank takes the same step and the replicas stay identical (DDP's
+invariant, with the sum written out: ranks may forward different numbers of micro-batches).
+
 Devices and precision: the model lives on `device` (the caller placed it there) and holds fp32 master
 weights; AdamW's state is fp32 too. With `compute_dtype` bf16/fp16 the forward pass runs under autocast
 (`actors`-independent: plain `torch.autocast`), the loss and the backward's accumulation stay fp32, so a
@@ -20,6 +28,7 @@ engines' dtype.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -58,14 +67,23 @@ def token_logprobs(model: nn.Module, input_ids: torch.Tensor, attention_mask: to
     return torch.cat([torch.zeros_like(lp[:, :1]), lp], dim=1)
 
 
+AllReduce = Callable[[list[torch.Tensor]], None]  # sums each tensor over the data-parallel ranks, in place
+
+
 class Learner:
     def __init__(self, model: nn.Module, *, lr: float, weight_decay: float = 0.0, ppo_clip: float = 0.2,
                  ppo_clip_high: float | None = None, kl_coef: float = 0.0, aggregation: str = "token_mean",
                  grad_clip: float = 1.0, micro_batch_size: int = 4, ppo_epochs: int = 1,
                  ref_model: nn.Module | None = None, skip_zero_advantage: bool = True,
-                 device: torch.device | str = "cpu", compute_dtype: torch.dtype = torch.float32) -> None:
+                 device: torch.device | str = "cpu", compute_dtype: torch.dtype = torch.float32,
+                 dp_rank: int = 0, dp_world: int = 1, all_reduce: AllReduce | None = None) -> None:
         if kl_coef > 0 and ref_model is None:
             raise ValueError("kl_coef > 0 needs a ref_model")
+        if dp_world > 1 and all_reduce is None:
+            raise ValueError(f"dp_world = {dp_world} needs an all_reduce")
+        if not 0 <= dp_rank < dp_world:
+            raise ValueError(f"dp_rank = {dp_rank} outside [0, dp_world = {dp_world})")
+        self.dp_rank, self.dp_world, self.all_reduce = dp_rank, dp_world, all_reduce
         self.device = torch.device(device)
         self.compute_dtype = compute_dtype
         self.autocast = autocast_ok(self.device, compute_dtype)
@@ -96,6 +114,8 @@ class Learner:
         params = [p for p in self.model.parameters() if p.requires_grad]
         fwd = mask[rows]  # (n_train, T) generated tokens that are forwarded
         n_fwd_tok, n_fwd_rows = max(int(fwd.sum()), 1), max(len(rows), 1)
+        n_forwarded = len(rows)
+        rows = rows[self.dp_rank::self.dp_world]  # this rank's share (all of them when not data parallel)
         # loss/pg_loss are the full-batch values (skipped rows add exactly 0); the PPO diagnostics are means
         # over the forwarded rows (a zero-advantage row's ratio says nothing about the update)
         totals: dict[str, float] = {"loss": 0.0, "pg_loss": 0.0}
@@ -131,16 +151,32 @@ class Learner:
             for p in params:
                 if p.grad is None:  # nothing was forwarded: a zero gradient, same optimizer step as computing it
                     p.grad = torch.zeros_like(p)
+            if self.dp_world > 1:
+                assert self.all_reduce is not None
+                self.all_reduce([p.grad for p in params if p.grad is not None])  # sum over ranks: the batch gradient
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, self.grad_clip))
             self.optimizer.step()
         self.version += 1
+        if self.dp_world > 1:  # the loss and diagnostics are sums over the ranks' shares too
+            keys = list(totals | diag)
+            vec = torch.tensor([(totals | diag)[k] for k in keys], dtype=torch.float64, device=self.device)
+            assert self.all_reduce is not None
+            self.all_reduce([vec])
+            merged = dict(zip(keys, vec.tolist()))
+            totals, diag = {k: merged[k] for k in totals}, {k: merged[k] for k in diag}
         out = {k: v / self.ppo_epochs for k, v in (totals | diag).items()}
-        if not len(rows):
+        if not n_forwarded:
             out["ratio_mean"] = 1.0  # nothing forwarded: the policy is unchanged on every row
         out["grad_norm"] = grad_norm
         out["trained_tokens"] = float(n_tok)
         out["skipped_rows"] = float(skipped)
         return out
+
+    def set_data_parallel(self, rank: int, world: int, all_reduce: AllReduce) -> None:
+        """Become rank `rank` of `world` data-parallel replicas (see the module docstring)."""
+        if not 0 <= rank < world:
+            raise ValueError(f"dp_rank = {rank} outside [0, dp_world = {world})")
+        self.dp_rank, self.dp_world, self.all_reduce = rank, world, all_reduce
 
     def _autocast(self) -> Any:
         return autocast_context(self.device, self.compute_dtype)

@@ -39,7 +39,7 @@ class RunConfig(_Base):
 class EnvConfig(_Base):
     name: Literal["alfworld", "search", "scripted"] = Field("alfworld", description="Which environment to train on ('scripted': the fast test env of smoke runs and benchmarks).")
     adapter: str | None = Field(None, description="Import path of a module providing make_pool(spec, n, split), protocol(spec) and demonstrations(spec, split, limit) for a custom env kind (envs/registry.py); overrides `name` (plugins).")
-    num_env_workers: int = Field(1, ge=1, description="EnvPool actors (Ray mode); each steps many envs.")
+    num_env_workers: int = Field(1, ge=1, description="EnvPool actors per rollout worker (Ray mode); each steps many envs.")
     alfworld: AlfworldEnvConfig = Field(default_factory=AlfworldEnvConfig, description="ALFWorld options.")
     search: SearchEnvConfig = Field(default_factory=SearchEnvConfig, description="Search-QA options.")
     scripted: ScriptedEnvConfig = Field(default_factory=ScriptedEnvConfig, description="Scripted env options.")
@@ -76,6 +76,7 @@ class StepOPSDConfig(_Base):
     hindsight_context: Literal["actions", "trajectory", "none"] = Field(
         "actions", description="What the teacher reads from the successful sibling: its actions, its whole trajectory "
         "(turns + observations), or nothing (control: delta is only snapshot drift).")
+    num_teacher_workers: int = Field(1, ge=1, description="Teacher actors: a batch's GRPO groups are split over them for the teacher forward, teacher 0 composes the scored batch (same result as one). In-process mode runs them one after another.")
     teacher_refresh_every: int = Field(10, ge=1, description="Refresh the teacher snapshot from the policy every K learner steps.")
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig, description="lambda schedule.")
 
@@ -86,6 +87,7 @@ class PipelineConfig(_Base):
     rollout_queue_size: int = Field(2, ge=1, description="Bounded queue of rollout batches awaiting scoring.")
     scored_queue_size: int = Field(2, ge=1, description="Bounded queue of scored batches awaiting the learner.")
     ray_address: str | None = Field(None, description="Ray cluster address (None = RAY_ADDRESS env or a new local cluster).")
+    weight_sync: Literal["object_store", "collective"] = Field("object_store", description="How published weights reach the rollout workers and teachers: 'object_store' (one versioned packet, Ray's object store; the fallback) or 'collective' (learner rank 0 broadcasts over a torch.distributed group, gloo on CPU / NCCL on GPU, in buckets of rollout.vllm.weight_bucket_mb). Verified on the probe either way. Ray mode.")
 
 
 class MetricsConfig(_Base):
@@ -131,6 +133,17 @@ class Config(_Base):
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig, description="Checkpointing.")
     sft: SFTConfig = Field(default_factory=SFTConfig, description="SFT warm start.")
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig, description="Ray resources per actor kind.")
+
+    @model_validator(mode="after")
+    def _fleet_needs_ray(self) -> Config:
+        if self.pipeline.mode != "ray":
+            if self.learner.num_workers > 1:
+                raise ValueError(f"learner.num_workers = {self.learner.num_workers} needs pipeline.mode: ray "
+                                 "(data-parallel ranks are processes)")
+            if self.pipeline.weight_sync == "collective":
+                raise ValueError("pipeline.weight_sync = 'collective' needs pipeline.mode: ray (a process group "
+                                 "between actors)")
+        return self
 
     @property
     def batch_size(self) -> int:

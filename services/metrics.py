@@ -252,6 +252,14 @@ class Metrics:
         h = self._get("histogram", PREFIX + "stage_seconds", "Pipeline stage latency in seconds.", ("stage",))
         self._impl.observe(h, float(seconds), self._tags({"stage": stage}))
 
+    def log_worker(self, worker: str, values: dict[str, float]) -> None:
+        """Per-actor gauges ``stepopsd_worker_<key>{run, worker}`` (e.g. worker="rollout-1")."""
+        if self._impl is None:
+            return
+        for key, value in values.items():
+            g = self._get("gauge", _metric_name("worker_" + key), f"Per-worker metric {key}.", ("worker",))
+            self._impl.set(g, float(value), self._tags({"worker": worker}))
+
     def set_queue_depth(self, queue: str, depth: int) -> None:
         """Gauge ``stepopsd_queue_depth{run, queue}``."""
         if self._impl is None:

@@ -56,6 +56,12 @@ class StepReporter:
             "env_restarts": r_stats.get("env_restarts", 0.0), "context_truncated": r_stats.get("context_truncated", 0.0),
             "episode_ids": traj.episode_ids, "time": time.time(),
         })
+        syncs = sync.get("workers") or [sync]
+        row["rollout_workers"] = [
+            {"worker": f"rollout-{i}", "rollout_seconds": float(w.get("rollout_seconds", 0.0)),
+             "tokens_per_s": float(w.get("tokens_per_s", 0.0)), "generated_tokens": float(w.get("generated_tokens", 0.0)),
+             "weight_sync_seconds": float(syncs[i].get("seconds", 0.0)) if i < len(syncs) else 0.0}
+            for i, w in enumerate(r_stats.get("workers") or [r_stats])]
         return row
 
     def emit(self, row: dict[str, Any]) -> None:
@@ -69,6 +75,8 @@ class StepReporter:
             for stage in ("rollout", "score", "update"):
                 self.metrics.observe_stage(stage, row[f"{stage}_seconds"])
             self.metrics.set_queue_depth("rollouts", row["queue_rollouts"])
+            for w in row.get("rollout_workers", []):
+                self.metrics.log_worker(w["worker"], {k: v for k, v in w.items() if k != "worker"})
             self.metrics.inc("episodes", row["episodes"])
             if row["env_restarts"]:
                 self.metrics.inc("actor_restarts", row["env_restarts"], {"actor": "env_pool"})

@@ -23,11 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from actors.handle import gather
 from learner.batch import ScoreStats
 from services.config import Config, ConfigError, dump_config, load_config
 from services.reporting import StepReporter
 from services.rundir import SNAPSHOT, RunDir
-from services.wiring import Fleet, build_fleet, policy_model_path
+from services.wiring import Fleet, build_fleet, policy_model_path, split_groups
 
 __all__ = ["SNAPSHOT", "Trainer", "TrainHook", "policy_model_path", "tasks_for_batch", "train"]
 
@@ -38,6 +39,40 @@ def tasks_for_batch(task_ids: list[str], m: int, n: int, seed: int) -> list[str]
     if n <= len(task_ids):
         return rng.sample(task_ids, n)
     return [rng.choice(task_ids) for _ in range(n)]
+
+
+def describe_fleet(actors: list[dict[str, Any]]) -> str:
+    """The console's fleet listing: one line per role, each actor as index:pid@node."""
+    lines = ["fleet:"]
+    for role in ("env", "rollout", "teacher", "learner"):
+        mine = [a for a in actors if a["role"] == role]
+        if mine:
+            res = mine[0].get("resources", {})
+            given = ", ".join(f"{k} {v}" for k, v in res.items() if v) or "-"
+            lines.append(f"  {role:<8} x{len(mine)} ({given}): " + "  ".join(
+                f"{a['index']}:pid {a['pid']}@{str(a['node'])[:12]}" for a in mine))
+    return "\n".join(lines)
+
+
+def merge_rollout_stats(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """One rollout-stats dict for a batch from its workers' parts: times are the slowest worker's (they run in
+    parallel), counts are summed, tokens/s is the fleet's; `workers` keeps each part (per-worker metrics)."""
+    if len(parts) == 1:
+        return {**parts[0], "workers": [dict(parts[0])]}
+    out: dict[str, Any] = {k: max(float(p.get(k, 0.0)) for p in parts)
+                           for k in ("rollout_seconds", "generate_seconds", "env_seconds")}
+    for k in ("generated_tokens", "context_truncated", "env_restarts"):
+        out[k] = sum(float(p.get(k, 0.0)) for p in parts)
+    out["tokens_per_s"] = out["generated_tokens"] / max(out["generate_seconds"], 1e-9)
+    out["workers"] = [dict(p) for p in parts]
+    return out
+
+
+def merge_sync(infos: list[dict[str, Any]]) -> dict[str, Any]:
+    """One weight-sync record from every rollout worker's verified load (slowest time, largest probe gap)."""
+    return {"version": infos[0].get("version"), "seconds": max(float(i.get("seconds", 0.0)) for i in infos),
+            "max_abs_diff": max(float(i.get("max_abs_diff", 0.0)) for i in infos),
+            "ok": all(bool(i.get("ok", True)) for i in infos), "workers": infos}
 
 
 class TrainHook(Protocol):
@@ -77,6 +112,8 @@ class Trainer:
                                        target_high=sc.target_high, rate=sc.rate)
         self.lookahead = min(cfg.pipeline.max_staleness, cfg.pipeline.rollout_queue_size - 1)
         self.fleet: Fleet | None = None
+        self.actors: list[dict[str, Any]] = []
+        self._sent: list[Any] = []
         self.held_out_line: str | None = None
         self.eval_summary: dict[str, Any] | None = None
 
@@ -100,6 +137,8 @@ class Trainer:
         self.model_path = policy_model_path(cfg, log=self._log)
         before = self._held_out(self.model_path, "eval_before.json") if cfg.run.eval_episodes else None
         fleet = self.fleet = build_fleet(cfg, self.model_path, str(rd.snapshot_path))
+        self.actors = fleet.describe()
+        self._log(describe_fleet(self.actors))
         self.task_ids = list(fleet.rollout.get(fleet.rollout.task_ids()))
         if not self.task_ids:
             raise RuntimeError("the environment offers no tasks")
@@ -111,10 +150,11 @@ class Trainer:
         if resume is not None:
             start, teacher_version = resume.next_step, resume.teacher_version
             self.schedule.load_state_dict(resume.schedule)
-            fleet.learner.get(fleet.learner.load(str(resume.checkpoint)))
-            fleet.rollout.get(fleet.rollout.load_weights(fleet.learner.publish()))
+            gather(fleet.learners, [h.load(str(resume.checkpoint)) for h in fleet.learners])
+            packet = fleet.learner.publish()
+            gather(fleet.rollouts, [h.load_weights(packet) for h in fleet.rollouts])
             # batches generated / scored before the checkpoint keep their old policy version: replay them
-            self.rollouts = {m: [fleet.put(b), fleet.put(s)] for m, (b, s) in resume.pending_rollouts.items()
+            self.rollouts = {m: [[fleet.put(b), fleet.put(s)]] for m, (b, s) in resume.pending_rollouts.items()
                              if m < cfg.run.steps}
             scored.extend(_Scored(m, fleet.put(sb), fleet.put(sb.stats), lam, alpha)
                           for m, sb, lam, alpha in resume.pending_scored if m < cfg.run.steps)
@@ -135,29 +175,29 @@ class Trainer:
                 cur = scored.popleft()
                 stats: ScoreStats = fleet.teacher.get(cur.stats)
                 self.schedule.observe(n, stats.delta_std if stats.shaped_tokens else None)
-                # 2. update on it; the batch goes teacher -> learner by ref
-                u_ref = fleet.learner.update(cur.batch)
+                # 2. update on it (every learner rank, data parallel); the batch goes teacher -> learner by ref
+                u_ref = [h.update(cur.batch) for h in fleet.learners]
                 for hook in self.hooks:
                     hook.on_scored(n, stats, lambda b=cur.batch: fleet.teacher.get(b))
                 # 3. overlap: score batch n + 1 (already rolled out or rolling) while the learner updates
                 if n + 1 < cfg.run.steps and (n + 1) in self.rollouts:
                     scored.append(self._score(n + 1))
                 t_wait = time.perf_counter()
-                upd = fleet.learner.get(u_ref)
-                traj, r_stats = fleet.rollout.get(self.rollouts.pop(n))
-                # 4. publish W_{n+1}: to the rollout engine (verified), then the next rollouts; teacher every K
-                packet = fleet.learner.publish()
-                sync_ref = fleet.rollout.load_weights(packet)
-                self._launch_until(n + 1 + self.lookahead)
+                upd = gather(fleet.learners, u_ref)[0]
+                traj, r_stats = self._fetch_rollout(self.rollouts.pop(n))
+                # 4. publish W_{n+1}: to every rollout engine (verified), then the next rollouts; teachers every K
                 refreshed = (n + 1) % cfg.stepopsd.teacher_refresh_every == 0
+                sync_refs, refresh_refs = self._publish(refreshed)
+                self._launch_until(n + 1 + self.lookahead)
                 if refreshed:
-                    fleet.teacher.get(fleet.teacher.refresh(packet))
+                    gather(fleet.teachers, refresh_refs)
                     teacher_version = n + 1
                 try:
-                    sync = fleet.rollout.get(sync_ref)
+                    sync = merge_sync(gather(fleet.rollouts, sync_refs))
+                    gather([fleet.learner] * len(self._sent), self._sent)
                 except Exception as e:  # a failed probe verification must stop the run loudly
                     report.weight_sync_failed()
-                    self._log(f"[red]weight sync to the rollout engine failed at version {n + 1}: {e}")
+                    self._log(f"[red]weight sync to the rollout engines failed at version {n + 1}: {e}")
                     raise
                 # 5. report, checkpoint
                 report.emit(report.row(n, traj, r_stats, stats, upd, sync, cur.lam, cur.alpha, teacher_version,
@@ -183,21 +223,64 @@ class Trainer:
 
     def _launch_until(self, limit: int) -> None:
         """Submit rollouts up to batch `limit` (they queue behind the weight loads already submitted)."""
-        cfg, rollout = self.cfg, self.fleet.rollout  # type: ignore[union-attr]
+        cfg, rollouts = self.cfg, self.fleet.rollouts  # type: ignore[union-attr]
         while self.next_launch <= min(limit, cfg.run.steps - 1):
             tasks = tasks_for_batch(self.task_ids, self.next_launch, cfg.rollout.tasks_per_step, cfg.run.seed)
-            self.rollouts[self.next_launch] = list(rollout.run(tasks, self.next_launch))
+            # the batch's GRPO groups split over the rollout workers (global group ids and seeds)
+            self.rollouts[self.next_launch] = [
+                list(w.run(tasks[first:first + size], self.next_launch, first))
+                for w, (first, size) in zip(rollouts, split_groups(len(tasks), len(rollouts))) if size]
             self.next_launch += 1
+
+    def _fetch_rollout(self, parts: list[list[Any]]) -> tuple[Any, dict[str, Any]]:
+        """The whole batch and its merged rollout stats from the parts' refs (values in-process)."""
+        from learner.batch import TrajectoryBatch
+
+        fleet = self.fleet
+        assert fleet is not None
+        got = [fleet.rollout.get(p) for p in parts]
+        trajs, stats = [g[0] for g in got], [g[1] for g in got]
+        traj = trajs[0] if len(trajs) == 1 else TrajectoryBatch.concat(trajs)
+        return traj, merge_rollout_stats(stats)
 
     def _score(self, m: int) -> _Scored:
         lam, alpha = self.schedule.current(m)
-        batch, stats = self.fleet.teacher.score(self.rollouts[m][0], lam, alpha)  # type: ignore[union-attr]
+        fleet = self.fleet
+        assert fleet is not None
+        parts = [p[0] for p in self.rollouts[m]]
+        if len(fleet.teachers) == 1:
+            batch, stats = fleet.teacher.score(parts[0], lam, alpha, *parts[1:])
+        else:  # teacher j scores groups j, j + M, ...; teacher 0 composes
+            M = len(fleet.teachers)
+            shares = [t.teacher_logp_share(j, M, *parts) for j, t in enumerate(fleet.teachers)]
+            batch, stats = fleet.teacher.compose(lam, alpha, len(parts), *parts, *shares)
         return _Scored(m, batch, stats, lam, alpha)
+
+    def _publish(self, refresh_teachers: bool) -> tuple[list[Any], list[Any]]:
+        """Submit the publication of the learner's new weights to every rollout worker (and, when
+        `refresh_teachers`, every teacher): one object-store packet, or a broadcast over the collective
+        groups. Returns the receivers' (sync, refresh) result refs."""
+        fleet = self.fleet
+        assert fleet is not None
+        if fleet.weight_sync == "collective":
+            meta = fleet.learner.publish_meta()
+            sent = [fleet.learner.broadcast_weights("rollout")]
+            syncs = [h.receive_weights(meta, "rollout") for h in fleet.rollouts]
+            refreshes = []
+            if refresh_teachers:
+                sent.append(fleet.learner.broadcast_weights("teacher"))
+                refreshes = [t.receive_refresh(meta, "teacher") for t in fleet.teachers]
+            self._sent = sent  # the sender's side: awaited with the receivers' (an error there surfaces)
+            return syncs, refreshes
+        self._sent = []
+        packet = fleet.learner.publish()
+        syncs = [h.load_weights(packet) for h in fleet.rollouts]
+        return syncs, ([t.refresh(packet) for t in fleet.teachers] if refresh_teachers else [])
 
     def _checkpoint(self, step: int, scored: deque[_Scored], teacher_version: int) -> Path:
         fleet = self.fleet
         assert fleet is not None
-        pend = {m: tuple(fleet.rollout.get(r)) for m, r in self.rollouts.items() if m < self.cfg.run.steps}
+        pend = {m: self._fetch_rollout(r) for m, r in self.rollouts.items() if m < self.cfg.run.steps}
         sc = [(s.step, fleet.teacher.get(s.batch), s.lam, s.alpha) for s in scored]
         state = {"teacher_version": teacher_version, "schedule": self.schedule.state_dict(),
                  "python_rng": repr(random.getstate()), "metrics_lines": len(self.report.history)}
@@ -228,7 +311,8 @@ class Trainer:
         summary = {"steps": self.cfg.run.steps, "started_at_step": start, "wall_seconds": time.perf_counter() - t_run,
                    "peak_memory_gib": round(peak, 3), "peak_memory_processes": self.memwatch.peak_procs,
                    "model_path": self.model_path, "mode": self.cfg.pipeline.mode,
-                   "final_hf": str(self.rundir.root / "final_hf"), "held_out": self.eval_summary}
+                   "final_hf": str(self.rundir.root / "final_hf"), "held_out": self.eval_summary,
+                   "weight_sync": self.cfg.pipeline.weight_sync, "actors": self.actors}
         self.rundir.write_json("summary.json", summary)
         self._log(f"peak memory (PSS, driver + {self.memwatch.peak_procs - 1} child processes): {peak:.2f} GiB | "
                   f"wall {summary['wall_seconds']:.0f}s")

@@ -13,7 +13,8 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from actors.handle import Handle
+from actors.collective import LEARNER_GROUP, GroupSpec
+from actors.handle import Handle, gather
 from actors.workers import EnvPoolWorker, LearnerWorker, RolloutWorker, TeacherWorker
 from envs.base import EnvSpec
 from learner.scoring import ScoringOptions
@@ -97,13 +98,43 @@ def init_ray(cfg: Config) -> None:
 
 @dataclass
 class Fleet:
-    """The pipeline's workers, each behind a Handle (local objects or Ray actors)."""
+    """The pipeline's workers, each behind a Handle (local objects or Ray actors): env pools (per rollout
+    worker), N rollout workers, M teachers, W learner ranks. `rollout`, `teacher`, `learner` are the first of
+    each (the teacher that composes, the learner rank that publishes and saves)."""
 
     envs: list[Handle[EnvPoolWorker]]
-    rollout: Handle[RolloutWorker]
-    teacher: Handle[TeacherWorker]
-    learner: Handle[LearnerWorker]
+    rollouts: list[Handle[RolloutWorker]]
+    teachers: list[Handle[TeacherWorker]]
+    learners: list[Handle[LearnerWorker]]
     remote: bool
+    weight_sync: str = "object_store"
+    resources: dict[str, dict[str, Any]] | None = None  # role -> what each of its actors was given
+
+    @property
+    def rollout(self) -> Handle[RolloutWorker]:
+        return self.rollouts[0]
+
+    @property
+    def teacher(self) -> Handle[TeacherWorker]:
+        return self.teachers[0]
+
+    @property
+    def learner(self) -> Handle[LearnerWorker]:
+        return self.learners[0]
+
+    def members(self) -> list[tuple[str, int, Handle[Any]]]:
+        """(role, index, handle) of every actor, in the world's rank order after the env pools."""
+        return ([("env", i, h) for i, h in enumerate(self.envs)] + [("learner", i, h) for i, h in enumerate(self.learners)]
+                + [("rollout", i, h) for i, h in enumerate(self.rollouts)]
+                + [("teacher", i, h) for i, h in enumerate(self.teachers)])
+
+    def describe(self) -> list[dict[str, Any]]:
+        """One entry per actor: role, index, pid, node (Ray node id; the host in-process), host, resources."""
+        handles = [h for _, _, h in self.members()]
+        infos = gather(handles, [h.describe() for h in handles])
+        res = self.resources or {}
+        return [{"role": role, "index": i, **info, "resources": res.get(role, {})}
+                for (role, i, _), info in zip(self.members(), infos)]
 
     def put(self, value: Any) -> Any:
         """A value as the pipeline passes it on: an object-store ref in Ray mode, itself in-process."""
@@ -118,7 +149,7 @@ class Fleet:
         if self.remote:
             import ray
 
-            for h in [*self.envs, self.rollout, self.teacher, self.learner]:
+            for _, _, h in self.members():
                 ray.kill(h.target, no_restart=True)
 
 
@@ -131,18 +162,72 @@ def _make(cls: type, args: tuple[Any, ...], res: ActorResources, remote: bool, *
                          resources=dict(res.custom) or None, **flags)
 
 
+def split_groups(n_groups: int, n_workers: int) -> list[tuple[int, int]]:
+    """(first group, count) per rollout worker: contiguous, sizes differing by at most one; workers beyond
+    `n_groups` get (n_groups, 0)."""
+    base, extra = divmod(n_groups, n_workers)
+    out, start = [], 0
+    for k in range(n_workers):
+        size = base + (1 if k < extra else 0)
+        out.append((start, size))
+        start += size
+    return out
+
+
 def build_fleet(cfg: Config, model_path: str, snapshot_path: str) -> Fleet:
-    """Env pools (`env.num_env_workers`, the batch split over them), rollout, teacher and learner."""
+    """Per rollout worker `env.num_env_workers` env pools (its share of the batch split over them); N rollout
+    workers, M teachers, W learner ranks; with W > 1 or a collective weight sync, the torch.distributed world
+    joined by the learners, rollout workers and teachers (actors/collective.py)."""
     remote = cfg.pipeline.mode == "ray"
     if remote:
         init_ray(cfg)
     spec, r = env_spec(cfg), cfg.resources
-    n_env = cfg.env.num_env_workers
-    per_worker = -(-cfg.batch_size // n_env)
-    envs = [_make(EnvPoolWorker, (spec, per_worker, i), r.env, remote, restartable=True) for i in range(n_env)]
-    rollout = _make(RolloutWorker, (cfg.model, cfg.rollout, cfg.run.seed, spec, envs, model_path), r.rollout, remote)
-    teacher = _make(TeacherWorker, (cfg.model, cfg.rollout, cfg.run.seed, spec, scoring_options(cfg), snapshot_path,
-                                    model_path, cfg.stepopsd.teacher_engine),
-                    r.teacher, remote, restartable=True, retry_tasks=True)
-    learner = _make(LearnerWorker, (cfg.model, cfg.learner, cfg.run.seed, model_path), r.learner, remote)
-    return Fleet(envs, rollout, teacher, learner, remote)
+    n_roll, n_env = cfg.rollout.num_rollout_workers, cfg.env.num_env_workers
+    share = max(size for _, size in split_groups(cfg.rollout.tasks_per_step, n_roll)) * cfg.rollout.group_size
+    per_pool = -(-share // n_env)
+    envs: list[Handle[EnvPoolWorker]] = []
+    rollouts = []
+    for k in range(n_roll):
+        mine = [_make(EnvPoolWorker, (spec, per_pool, k * n_env + i), r.env, remote, restartable=True)
+                for i in range(n_env)]
+        envs += mine
+        rollouts.append(_make(RolloutWorker, (cfg.model, cfg.rollout, cfg.run.seed, spec, mine, model_path),
+                              r.rollout, remote))
+    teachers = [_make(TeacherWorker, (cfg.model, cfg.rollout, cfg.run.seed, spec, scoring_options(cfg), snapshot_path,
+                                      model_path, cfg.stepopsd.teacher_engine, j),
+                      r.teacher, remote, restartable=True, retry_tasks=True)
+                for j in range(cfg.stepopsd.num_teacher_workers)]
+    learners = [_make(LearnerWorker, (cfg.model, cfg.learner, cfg.run.seed, model_path, w), r.learner, remote)
+                for w in range(cfg.learner.num_workers)]
+    resources = None if not remote else {role: res.model_dump() for role, res in
+                 (("env", r.env), ("rollout", r.rollout), ("teacher", r.teacher), ("learner", r.learner))}
+    fleet = Fleet(envs, rollouts, teachers, learners, remote, cfg.pipeline.weight_sync, resources)
+    if remote and (len(learners) > 1 or cfg.pipeline.weight_sync == "collective"):
+        join_world(fleet, cfg)
+    return fleet
+
+
+def world_spec(fleet: Fleet, cfg: Config, address: str) -> GroupSpec:
+    """Ranks: learners 0..W-1, then (collective sync) rollout workers, then teachers; groups `learner`,
+    `rollout` = [0, rollout ranks], `teacher` = [0, teacher ranks]."""
+    W, N, M = len(fleet.learners), len(fleet.rollouts), len(fleet.teachers)
+    groups = {LEARNER_GROUP: list(range(W))}
+    world = W
+    if cfg.pipeline.weight_sync == "collective":
+        groups["rollout"] = [0, *range(W, W + N)]
+        groups["teacher"] = [0, *range(W + N, W + N + M)]
+        world = W + N + M
+    return GroupSpec(address=address, world_size=world, groups=groups,
+                     bucket_bytes=cfg.rollout.vllm.weight_bucket_mb * 2**20).validate()
+
+
+def join_world(fleet: Fleet, cfg: Config) -> GroupSpec:
+    """Every member joins the run's process groups (concurrently: the store waits for all of them)."""
+    lead = fleet.learner
+    address = lead.get(lead.dist_address())
+    spec = world_spec(fleet, cfg, address)
+    members: list[Handle[Any]] = list(fleet.learners)
+    if spec.world_size > len(fleet.learners):
+        members += [*fleet.rollouts, *fleet.teachers]
+    gather(members, [h.join(spec, rank) for rank, h in enumerate(members)])
+    return spec

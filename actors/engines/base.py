@@ -64,8 +64,10 @@ class RolloutEngine(Protocol):
         top_p: float,
         stop: list[str],
         seed: int | None,
+        seeds: list[int] | None = None,
     ) -> list[GenOutput]:
-        """Sample one continuation per prompt (batched). temperature 0 = greedy."""
+        """Sample one continuation per prompt (batched). temperature 0 = greedy. `seeds` (one per prompt)
+        makes each row's sample a function of its own seed only, whatever else is in the batch."""
         ...
 
     def score(self, contexts: list[list[int]], continuations: list[list[int]]) -> list[list[float]]:

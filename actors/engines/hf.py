@@ -71,9 +71,12 @@ class HFEngine:
         top_p: float = 1.0,
         stop: list[str] | None = None,
         seed: int | None = None,
+        seeds: list[int] | None = None,
     ) -> list[GenOutput]:
         if not prompts:
             return []
+        if seeds is not None and len(seeds) != len(prompts):
+            raise ValueError(f"seeds: {len(seeds)} given for {len(prompts)} prompts")
         stop = [s for s in (stop or []) if s]
         B = len(prompts)
         lens = [len(p) for p in prompts]
@@ -82,6 +85,8 @@ class HFEngine:
                 raise ValueError(f"prompt {i} has {n} tokens; need 1..{self.max_context - 1} (max_context)")
         budget = [min(max_new_tokens, self.max_context - n) for n in lens]  # per-row new-token cap
         gen = self._gen if seed is None else torch.Generator(device="cpu").manual_seed(seed)
+        # per-row generators: a row's samples depend only on its own seed, not on the batch it shares
+        row_gens = None if seeds is None else [torch.Generator(device="cpu").manual_seed(s) for s in seeds]
         # decoding the last `window` tokens is enough to see any stop string completed by the newest one
         window = 4 * max((len(s) for s in stop), default=0) + 4
 
@@ -106,7 +111,8 @@ class HFEngine:
         alive = list(range(B))  # original row of each row still in the batch (finished rows are dropped)
         for _ in range(max(budget)):
             raw_logp = torch.log_softmax(logits.float(), dim=-1)  # (b, V), b = len(alive)
-            nxt = self._sample(logits.float(), temperature, top_p, gen)  # (b,)
+            gens = gen if row_gens is None else [row_gens[i] for i in alive]
+            nxt = self._sample(logits.float(), temperature, top_p, gens)  # (b,)
             nxt_lp = raw_logp.gather(-1, nxt[:, None].to(raw_logp.device)).squeeze(-1)  # (b,)
             keep = []
             for j, (t, lp) in enumerate(zip(nxt.tolist(), nxt_lp.tolist(), strict=True)):
@@ -144,8 +150,10 @@ class HFEngine:
         ]
 
     @staticmethod
-    def _sample(logits: torch.Tensor, temperature: float, top_p: float, gen: torch.Generator) -> torch.Tensor:
-        """logits (B, V) float32 → token ids (B,) on CPU; greedy when temperature == 0."""
+    def _sample(logits: torch.Tensor, temperature: float, top_p: float,
+                gen: torch.Generator | list[torch.Generator]) -> torch.Tensor:
+        """logits (B, V) float32 → token ids (B,) on CPU; greedy when temperature == 0. `gen`: one generator
+        for the batch, or one per row (B of them)."""
         logits = logits.cpu()
         if temperature <= 0.0:
             return logits.argmax(dim=-1)
@@ -155,6 +163,9 @@ class HFEngine:
             drop = sp.cumsum(-1) - sp > top_p  # keep the smallest prefix with mass >= top_p
             sp = sp.masked_fill(drop, 0.0)
             probs = torch.zeros_like(probs).scatter(-1, si, sp)
+        if isinstance(gen, list):
+            return torch.cat([torch.multinomial(probs[j : j + 1], 1, generator=g).squeeze(-1)
+                              for j, g in enumerate(gen)])
         return torch.multinomial(probs, 1, generator=gen).squeeze(-1)
 
     # ---------------------------------------------------------------- scoring

@@ -149,11 +149,14 @@ class VLLMEngine:
         top_p: float = 1.0,
         stop: list[str] | None = None,
         seed: int | None = None,
+        seeds: list[int] | None = None,
     ) -> list[GenOutput]:
         from vllm import SamplingParams
 
         if not prompts:
             return []
+        if seeds is not None and len(seeds) != len(prompts):
+            raise ValueError(f"seeds: {len(seeds)} given for {len(prompts)} prompts")
         stop = [s for s in (stop or []) if s]
         params = []
         for i, p in enumerate(prompts):
@@ -172,7 +175,8 @@ class VLLMEngine:
                     skip_special_tokens=False,  # stop strings see the same text as tokenizer.decode
                     spaces_between_special_tokens=False,
                     logprobs=0,  # the sampled token's log-prob only
-                    seed=None if seed is None else seed + i,  # per-request: independent of batch order
+                    # per-request seeds: a row's sample does not depend on the batch it shares
+                    seed=seeds[i] if seeds is not None else (None if seed is None else seed + i),
                 )
             )
         outs = self.llm.generate([{"prompt_token_ids": list(p)} for p in prompts], params, use_tqdm=False)
