@@ -29,7 +29,8 @@ class WeightsPacket:
 
     version: int
     state_dict: dict[str, torch.Tensor]  # name -> CPU tensor
-    probe_logp: list[float]  # learner's log-probs of the fixed probe (actors/engines/base.py)
+    probe_logp: list[float] | None  # learner's log-probs of the fixed probe (actors/engines/base.py); None = not
+    # verified (only a checkpoint's teacher snapshot, verified when it was first loaded)
 
 
 def _seed_all(seed: int) -> None:
@@ -311,6 +312,21 @@ class TeacherWorker(_Member):
         os.replace(tmp, self.snapshot_path)
         return info
 
+    def snapshot_state(self) -> tuple[int, dict[str, torch.Tensor]] | None:
+        """(version, weights) of the persisted snapshot, for the checkpoint the driver writes (None before the
+        first refresh: the snapshot is then the starting model)."""
+        from safetensors.torch import load_file
+
+        if not self.snapshot_path.exists():
+            return None
+        sd = load_file(str(self.snapshot_path))
+        return int(sd.pop("__version__").item()), sd
+
+    def restore_snapshot(self, version: int, state_dict: dict[str, torch.Tensor]) -> int:
+        """Resume: take the checkpoint's snapshot (the file was verified when it was first loaded)."""
+        self.refresh(WeightsPacket(version, state_dict, None))
+        return version
+
     def receive_refresh(self, meta: Any, group: str) -> dict[str, Any]:
         """`pipeline.weight_sync: collective`: receive the learner's broadcast over `group`, then refresh."""
         t0 = time.perf_counter()
@@ -485,22 +501,53 @@ class LearnerWorker(_Member):
         buckets = self.collective.broadcast_state(sd, meta, group)
         return {"version": meta.version, "seconds": time.perf_counter() - t0, "buckets": buckets}
 
-    def save(self, ckpt_dir: str) -> None:
-        from safetensors.torch import save_file
+    # ------------------------------------------------------------ checkpoints, streamed to the driver
+    def checkpoint_plan(self, chunk_bytes: int) -> dict[str, Any]:
+        """Describe this rank's state for a checkpoint the DRIVER writes (the learner may run on another node):
+        chunk lists of the `model` weights and of the `optimizer` tensors (AdamW state + torch RNG), and the
+        JSON part (version, optimizer skeleton). The driver then fetches `checkpoint_chunk(kind, i)` one at a
+        time, so no more than one chunk is in flight. Nothing is pickled (actors/state_io.py)."""
+        from actors.state_io import chunks, pack
 
-        d = Path(ckpt_dir)
-        d.mkdir(parents=True, exist_ok=True)
-        # clone: tied embeddings share storage, which safetensors refuses to save
-        sd = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in self.learner.model.state_dict().items()}
-        save_file(sd, str(d / "model.safetensors"))
-        torch.save({**self.learner.state(), "torch_rng": torch.get_rng_state()}, d / "learner_state.pt")
+        model_sd = self.learner.model.state_dict()
+        opt_tensors, opt_skeleton = pack(self.learner.state())
+        opt_tensors["torch_rng"] = torch.get_rng_state()
+        self._ckpt = {"model": model_sd, "optimizer": opt_tensors}
+        return {"model": chunks({k: v.numel() * v.element_size() for k, v in model_sd.items()}, chunk_bytes),
+                "optimizer": chunks({k: v.numel() * v.element_size() for k, v in opt_tensors.items()}, chunk_bytes),
+                "meta": {"version": self.learner.version, "optimizer": opt_skeleton}}
 
-    def load(self, ckpt_dir: str) -> int:
-        from safetensors.torch import load_file
+    def checkpoint_chunk(self, kind: str, names: list[str]) -> dict[str, torch.Tensor]:
+        """CPU copies of tensors `names` of `kind` (cloned: tied embeddings share storage, which safetensors
+        refuses to save)."""
+        src = self._ckpt[kind]
+        return {k: src[k].detach().to("cpu", copy=True).contiguous() for k in names}
 
-        d = Path(ckpt_dir)
-        self.learner.model.load_state_dict(load_file(str(d / "model.safetensors"), device=str(self.device)))
-        st = torch.load(d / "learner_state.pt", weights_only=False, map_location=self.device)
-        self.learner.load_state(st)
-        torch.set_rng_state(st["torch_rng"].cpu())
+    def restore_chunk(self, kind: str, tensors: dict[str, torch.Tensor]) -> int:
+        """Receive one chunk of a checkpoint (model weights are loaded at once; optimizer tensors are kept
+        until `restore_end`)."""
+        if kind == "model":
+            missing_ok = self.learner.model.load_state_dict({k: v.to(self.device) for k, v in tensors.items()},
+                                                            strict=False)
+            if missing_ok.unexpected_keys:
+                raise KeyError(f"checkpoint weights not in the model: {missing_ok.unexpected_keys[:5]}")
+            self._restored_model = getattr(self, "_restored_model", set()) | set(tensors)
+        else:
+            self._restored_opt = {**getattr(self, "_restored_opt", {}), **tensors}
+        return len(tensors)
+
+    def restore_end(self, meta: dict[str, Any]) -> int:
+        """Apply the optimizer state and RNG received in chunks; check that every weight was restored."""
+        from actors.state_io import unpack
+
+        expected = set(self.learner.model.state_dict())
+        got = getattr(self, "_restored_model", set())
+        if got != expected:
+            raise KeyError(f"checkpoint lacks weights: {sorted(expected - got)[:5]}")
+        opt = getattr(self, "_restored_opt", {})
+        rng = opt.pop("torch_rng")
+        state = unpack(opt, meta["optimizer"])  # AdamW's load_state_dict moves its state to the params' device
+        self.learner.load_state(state)
+        torch.set_rng_state(rng.cpu())
+        self._restored_model, self._restored_opt = set(), {}
         return self.learner.version

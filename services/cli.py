@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "services.train_cli",  # train
     "services.experiment",  # experiment
     "services.diagnose",  # diagnose localize | make-cases
+    "services.placement",  # cluster check
 ]
 
 

@@ -85,7 +85,6 @@ class PipelineConfig(_Base):
     mode: Literal["ray", "inprocess"] = Field("ray", description="'ray' = actors on a (local or existing) cluster; 'inprocess' = same pipeline, no Ray.")
     max_staleness: int = Field(1, ge=0, description="Max policy-version lag of a batch behind the learner (0 = synchronous).")
     rollout_queue_size: int = Field(2, ge=1, description="Bounded queue of rollout batches awaiting scoring.")
-    scored_queue_size: int = Field(2, ge=1, description="Bounded queue of scored batches awaiting the learner.")
     ray_address: str | None = Field(None, description="Ray cluster address (None = RAY_ADDRESS env or a new local cluster).")
     weight_sync: Literal["object_store", "collective"] = Field("object_store", description="How published weights reach the rollout workers and teachers: 'object_store' (one versioned packet, Ray's object store; the fallback) or 'collective' (learner rank 0 broadcasts over a torch.distributed group, gloo on CPU / NCCL on GPU, in buckets of rollout.vllm.weight_bucket_mb). Verified on the probe either way. Ray mode.")
 
@@ -151,6 +150,28 @@ class Config(_Base):
         return self.rollout.tasks_per_step * self.rollout.group_size
 
 
+# Knobs that were removed (a dotted key -> why). A config file or an old run directory's config.yaml that still
+# sets one loads with a warning instead of failing `extra="forbid"`; tests/test_no_dead_knobs.py keeps the tree
+# free of fields nothing reads.
+REMOVED_KEYS: dict[str, str] = {
+    "pipeline.scored_queue_size": "it was read nowhere: the scored queue is one batch deep by construction "
+    "(scoring of batch n+1 overlaps update n; pipeline.max_staleness bounds the rollouts ahead)",
+}
+
+
+def _drop_removed(data: dict[str, Any]) -> None:
+    import warnings
+
+    for key, why in REMOVED_KEYS.items():
+        *parents, leaf = key.split(".")
+        node: Any = data
+        for p in parents:
+            node = node.get(p) if isinstance(node, dict) else None
+        if isinstance(node, dict) and leaf in node:
+            node.pop(leaf)
+            warnings.warn(f"config: {key} is ignored ({why})", UserWarning, stacklevel=3)
+
+
 class ConfigError(ValueError):
     """A config problem, with the dotted field and value named."""
 
@@ -210,6 +231,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"config file {p} must hold a mapping at the top level")
         data = loaded
     data = apply_overrides(data, overrides or [])
+    _drop_removed(data)
     try:
         return Config.model_validate(data)
     except ValidationError as e:

@@ -2,21 +2,35 @@
 
     <run.dir>/config.yaml                      the resolved config
     <run.dir>/metrics.jsonl                    one line per learner step
-    <run.dir>/teacher_snapshot.safetensors     the teacher's current snapshot (its actor persists it here)
-    <run.dir>/checkpoints/step_N/              model + optimizer (written by the learner), teacher snapshot,
-                                               pending_rollouts.pt, pending_scored.pt, driver_state.json
+    <run.dir>/teacher_snapshot.safetensors     the teacher's current snapshot (teacher 0 persists it on ITS node)
+    <run.dir>/checkpoints/step_N/
+        model.safetensors                      the learner's weights (model-0000i-of-0000n.safetensors + index
+                                               model.safetensors.index.json when larger than one chunk)
+        optimizer.safetensors                  AdamW state + torch RNG (sharded the same way)
+        learner_state.json                     version + the optimizer's structure (actors/state_io.py skeleton)
+        teacher_snapshot.safetensors           the teacher snapshot in force (fetched from teacher 0)
+        pending.safetensors, pending.json      batches rolled out / scored before the checkpoint (replayed)
+        driver_state.json                      step, schedule, teacher version, metrics line count
+        manifest.json                          written LAST: every file's size and sha256
     <run.dir>/summary.json, curve.png          written at the end
 
-A checkpoint is written into `.step_N.tmp` and renamed into place once complete (a crash mid-save leaves the
-previous one intact); only checkpoints with `driver_state.json` count; the newest `keep` are kept.
+Checkpoints on any node: everything in a checkpoint is written HERE, by the driver, into the run directory it
+owns -- the learner's state is streamed through the object store in chunks of `CHUNK_BYTES` (the learner
+may run on another node; its disk is never used), the teacher snapshot is fetched from teacher 0. Nothing is
+pickled: tensors are safetensors, the rest JSON (actors/state_io.py rebuilds only allowed types). A checkpoint
+is written into `.step_N.tmp` and renamed into place once complete (a crash mid-save leaves the previous one
+intact); only a checkpoint whose manifest is present and whose files match it is resumed from (others are
+skipped with a warning naming them); the newest `keep` are kept.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +38,63 @@ from typing import Any
 import torch
 
 SNAPSHOT = "teacher_snapshot.safetensors"  # file name of a teacher snapshot, in the run dir and in checkpoints
+MANIFEST = "manifest.json"
+CHUNK_BYTES = 512 * 2**20  # learner state crosses the object store in chunks of at most this (one tensor may be more)
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint directory that is incomplete, altered or not in this format."""
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_tensor_files(d: Path, kind: str, plan: list[list[str]], fetch: Callable[[list[str]], dict[str, Any]]) -> None:
+    """Write `kind`'s tensors chunk by chunk (each fetched when needed): `<kind>.safetensors`, or HF-style shards
+    `<kind>-0000i-of-0000n.safetensors` + `<kind>.safetensors.index.json`."""
+    from safetensors.torch import save_file
+
+    n = len(plan)
+    weight_map: dict[str, str] = {}
+    total = 0
+    for i, names in enumerate(plan):
+        tensors = fetch(names)
+        fname = f"{kind}.safetensors" if n == 1 else f"{kind}-{i + 1:05d}-of-{n:05d}.safetensors"
+        save_file(tensors, str(d / fname))
+        weight_map.update(dict.fromkeys(tensors, fname))
+        total += sum(t.numel() * t.element_size() for t in tensors.values())
+        del tensors
+    if n > 1:
+        (d / f"{kind}.safetensors.index.json").write_text(
+            json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=1))
+
+
+def save_learner(d: Path, plan: dict[str, Any], fetch: Callable[[str, list[str]], dict[str, Any]]) -> None:
+    """The learner's checkpoint files from its `checkpoint_plan` (chunk lists + JSON meta), fetching each chunk
+    with `fetch(kind, names)` only when it is written."""
+    for kind in ("model", "optimizer"):
+        write_tensor_files(d, kind, plan[kind], lambda names, k=kind: fetch(k, names))
+    (d / "learner_state.json").write_text(json.dumps(plan["meta"]))
+
+
+def read_tensor_files(d: Path, kind: str) -> Iterator[dict[str, Any]]:
+    """The chunks `write_tensor_files` wrote, one file at a time."""
+    from safetensors.torch import load_file
+
+    index = d / f"{kind}.safetensors.index.json"
+    if index.exists():
+        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    else:
+        files = [f"{kind}.safetensors"]
+    for f in files:
+        if not (d / f).exists():
+            raise CheckpointError(f"{d}: {f} is missing")
+        yield load_file(str(d / f))
 
 
 @dataclass
@@ -78,29 +149,53 @@ class RunDir:
 
     # ------------------------------------------------------------------ checkpoints
     def latest_checkpoint(self) -> Path | None:
+        """The newest checkpoint whose manifest is present and whose files match it; newer ones that do not are
+        skipped with a warning naming them (resume falls back to the previous checkpoint)."""
         if not self.ckpt_root.exists():
             return None
-        cks = sorted((p for p in self.ckpt_root.glob("step_*") if (p / "driver_state.json").exists()),
+        cks = sorted((p for p in self.ckpt_root.glob("step_*") if p.name.split("_")[1].isdigit()),
                      key=lambda p: int(p.name.split("_")[1]))
-        return cks[-1] if cks else None
+        for ck in reversed(cks):
+            try:
+                verify_manifest(ck)
+                return ck
+            except CheckpointError as e:
+                warnings.warn(f"skipping checkpoint {ck}: {e}", stacklevel=2)
+        return None
 
     def save_checkpoint(self, step: int, write_learner: Callable[[Path], None], *,
                         pending_rollouts: dict[int, Any], pending_scored: list[tuple[int, Any, float, float]],
-                        driver_state: dict[str, Any]) -> Path:
-        """`write_learner(tmp_dir)` writes the learner's files; the rest is written here, then renamed."""
+                        driver_state: dict[str, Any], snapshot: tuple[int, dict[str, Any]] | None = None) -> Path:
+        """`write_learner(tmp_dir)` writes the learner's files (streamed from the actor); `snapshot` is the
+        teacher's (version, weights); the rest is written here, the manifest last, then the directory is
+        renamed into place. A failure (disk full, ...) removes the partial directory and leaves the previous
+        checkpoints untouched; the error says so."""
+        from safetensors.torch import save_file
+
+        from actors.state_io import pack
+
         final = self.ckpt_root / f"step_{step}"
         tmp = self.ckpt_root / f".step_{step}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        write_learner(tmp)
-        if self.snapshot_path.exists():
-            shutil.copy2(self.snapshot_path, tmp / SNAPSHOT)
-        # in-flight rollouts already generated with older weights: saved so resume replays them exactly
-        torch.save(pending_rollouts, tmp / "pending_rollouts.pt")
-        # batches already scored (by the teacher snapshot in force when they were queued), likewise
-        torch.save(pending_scored, tmp / "pending_scored.pt")
-        state = {"next_step": step, "policy_version": step, **driver_state, "pending": sorted(pending_rollouts)}
-        (tmp / "driver_state.json").write_text(json.dumps(state, indent=1))
+        try:
+            tmp.mkdir(parents=True)
+            write_learner(tmp)
+            if snapshot is not None:
+                save_file({**{k: v.contiguous() for k, v in snapshot[1].items()},
+                           "__version__": torch.tensor([snapshot[0]])}, str(tmp / SNAPSHOT))
+            # in-flight rollouts already generated with older weights, and batches already scored (by the
+            # snapshot in force when they were queued): saved so resume replays them exactly
+            tensors, skeleton = pack({"rollouts": pending_rollouts, "scored": pending_scored})
+            save_file(tensors, str(tmp / "pending.safetensors"))
+            (tmp / "pending.json").write_text(json.dumps(skeleton))
+            state = {"next_step": step, "policy_version": step, **driver_state, "pending": sorted(pending_rollouts)}
+            (tmp / "driver_state.json").write_text(json.dumps(state, indent=1))
+            write_manifest(tmp)
+        except BaseException as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            prev = self.latest_checkpoint()
+            raise CheckpointError(f"writing checkpoint step_{step} failed ({type(e).__name__}: {e}); the last good "
+                                  f"checkpoint is {prev or 'none'}") from e
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         cks = sorted(self.ckpt_root.glob("step_*"), key=lambda p: int(p.name.split("_")[1]))
@@ -109,6 +204,11 @@ class RunDir:
         return final
 
     def load_checkpoint(self, ck: Path) -> ResumeState:
+        from safetensors.torch import load_file
+
+        from actors.state_io import unpack
+
+        verify_manifest(ck)
         st = json.loads((ck / "driver_state.json").read_text())
         if (ck / SNAPSHOT).exists():
             shutil.copy2(ck / SNAPSHOT, self.snapshot_path)
@@ -117,11 +217,11 @@ class RunDir:
             lines = self.metrics_path.read_text().splitlines()[: int(st["metrics_lines"])]
             self.metrics_path.write_text("".join(x + "\n" for x in lines))
             history = [json.loads(x) for x in lines]
+        pending = unpack(load_file(str(ck / "pending.safetensors")), json.loads((ck / "pending.json").read_text()))
         return ResumeState(
             checkpoint=ck, next_step=int(st["next_step"]), teacher_version=int(st["teacher_version"]),
-            schedule=st["schedule"], history=history,
-            pending_rollouts=torch.load(ck / "pending_rollouts.pt", weights_only=False),
-            pending_scored=torch.load(ck / "pending_scored.pt", weights_only=False))
+            schedule=st["schedule"], history=history, pending_rollouts=pending["rollouts"],
+            pending_scored=[tuple(x) for x in pending["scored"]])
 
     def export_hf(self, step: int, base: Path) -> Path:
         """`final_hf/`: an HF model dir = the starting model's config/tokenizer files + step N's weights."""
@@ -131,7 +231,10 @@ class RunDir:
         for f in Path(base).iterdir():
             if f.is_file() and not f.name.endswith((".safetensors", ".bin")) and f.name != "model.safetensors.index.json":
                 shutil.copy2(f, out / f.name)
-        shutil.copy2(self.ckpt_root / f"step_{step}" / "model.safetensors", out / "model.safetensors")
+        ck = self.ckpt_root / f"step_{step}"
+        for f in ck.iterdir():  # model.safetensors, or its shards + index (HF's sharded layout)
+            if f.name.startswith("model") and f.name.endswith((".safetensors", ".safetensors.index.json")):
+                shutil.copy2(f, out / f.name)
         return out
 
     def drop_resume_state(self) -> None:
@@ -139,3 +242,29 @@ class RunDir:
         final weights are exported elsewhere."""
         shutil.rmtree(self.ckpt_root, ignore_errors=True)
         self.snapshot_path.unlink(missing_ok=True)
+
+
+def write_manifest(d: Path) -> None:
+    """`manifest.json`: every other file's size and sha256 (written last: its presence means complete)."""
+    files = {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+             for p in sorted(d.iterdir()) if p.is_file() and p.name != MANIFEST}
+    (d / MANIFEST).write_text(json.dumps({"format": 1, "files": files}, indent=1))
+
+
+def verify_manifest(d: Path) -> None:
+    """Raise CheckpointError unless `d` has a manifest and every file it lists has its size and checksum."""
+    m = d / MANIFEST
+    if not m.exists():
+        raise CheckpointError(f"no {MANIFEST} (incomplete, or written by an older version)")
+    try:
+        files = json.loads(m.read_text())["files"]
+    except (ValueError, KeyError) as e:
+        raise CheckpointError(f"{MANIFEST} is unreadable: {e}") from e
+    for name, info in files.items():
+        p = d / name
+        if not p.exists():
+            raise CheckpointError(f"{name} is missing")
+        if p.stat().st_size != info["bytes"]:
+            raise CheckpointError(f"{name} has {p.stat().st_size} bytes, the manifest says {info['bytes']} (truncated?)")
+        if _sha256(p) != info["sha256"]:
+            raise CheckpointError(f"{name} does not match its checksum")

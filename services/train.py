@@ -27,7 +27,7 @@ from actors.handle import gather
 from learner.batch import ScoreStats
 from services.config import Config, ConfigError, dump_config, load_config
 from services.reporting import StepReporter
-from services.rundir import SNAPSHOT, RunDir
+from services.rundir import CHUNK_BYTES, SNAPSHOT, RunDir, read_tensor_files, save_learner
 from services.wiring import Fleet, build_fleet, policy_model_path, split_groups
 
 __all__ = ["SNAPSHOT", "Trainer", "TrainHook", "policy_model_path", "tasks_for_batch", "train"]
@@ -150,7 +150,7 @@ class Trainer:
         if resume is not None:
             start, teacher_version = resume.next_step, resume.teacher_version
             self.schedule.load_state_dict(resume.schedule)
-            gather(fleet.learners, [h.load(str(resume.checkpoint)) for h in fleet.learners])
+            self._restore(resume.checkpoint, teacher_version)
             packet = fleet.learner.publish()
             gather(fleet.rollouts, [h.load_weights(packet) for h in fleet.rollouts])
             # batches generated / scored before the checkpoint keep their old policy version: replay them
@@ -284,8 +284,36 @@ class Trainer:
         sc = [(s.step, fleet.teacher.get(s.batch), s.lam, s.alpha) for s in scored]
         state = {"teacher_version": teacher_version, "schedule": self.schedule.state_dict(),
                  "python_rng": repr(random.getstate()), "metrics_lines": len(self.report.history)}
-        return self.rundir.save_checkpoint(step, lambda d: fleet.learner.get(fleet.learner.save(str(d))),
-                                           pending_rollouts=pend, pending_scored=sc, driver_state=state)
+        lead = fleet.learner
+
+        def write_learner(d: Path) -> None:  # streamed from learner rank 0, wherever it runs
+            plan = lead.get(lead.checkpoint_plan(CHUNK_BYTES))
+            save_learner(d, plan, lambda kind, names: lead.get(lead.checkpoint_chunk(kind, names)))
+
+        snapshot = fleet.teacher.get(fleet.teacher.snapshot_state())
+        return self.rundir.save_checkpoint(step, write_learner, pending_rollouts=pend, pending_scored=sc,
+                                           driver_state=state, snapshot=snapshot)
+
+    def _restore(self, ck: Path, teacher_version: int) -> None:
+        """Send a checkpoint's learner state (chunk by chunk) to every learner rank and its teacher snapshot to
+        every teacher: the actors may run on nodes that never saw the run directory."""
+        import json
+
+        from safetensors.torch import load_file
+
+        fleet = self.fleet
+        assert fleet is not None
+        for kind in ("model", "optimizer"):
+            for chunk in read_tensor_files(ck, kind):
+                ref = fleet.put(chunk)
+                gather(fleet.learners, [h.restore_chunk(kind, ref) for h in fleet.learners])
+        meta = json.loads((ck / "learner_state.json").read_text())
+        gather(fleet.learners, [h.restore_end(meta) for h in fleet.learners])
+        if (ck / SNAPSHOT).exists():
+            sd = load_file(str(ck / SNAPSHOT))
+            version = int(sd.pop("__version__").item())
+            ref = fleet.put(sd)
+            gather(fleet.teachers, [t.restore_snapshot(version, ref) for t in fleet.teachers])
 
     def _progress(self, start: int) -> Any:
         """A context giving `advance(completed)`: a rich bar on a terminal, nothing otherwise (the per-step

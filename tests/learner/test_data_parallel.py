@@ -52,7 +52,7 @@ def test_data_parallel_step_equals_single_process(world: int, aggregation: str) 
         out: list[dict[str, float]] = [{}] * world
         rows: list[int] = [0] * world
 
-        def step(r: int, b=b) -> None:
+        def step(r: int, b=b, out=out, rows=rows) -> None:
             ranks[r].model.rows = 0
             out[r] = ranks[r].update(b)
             rows[r] = ranks[r].model.rows

@@ -91,3 +91,40 @@ def test_fleet_run_matches_single_workers_and_resumes(ray_session, tmp_path):
     a, b = _final_weights(straight, 4), _final_weights(Path(resumed), 4)
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-4, msg=k)
+
+
+class NoDiskLearner(LearnerWorker):
+    """A learner that runs in another working directory and may not write any file (as on a node that
+    cannot see the run directory)."""
+
+    def __init__(self, *args, **kwargs):
+        import os
+        import tempfile
+
+        import safetensors.torch
+
+        os.chdir(tempfile.mkdtemp(prefix="learner_elsewhere_"))
+        super().__init__(*args, **kwargs)
+
+        def refuse(*_a, **_k):
+            raise AssertionError("the learner process wrote a checkpoint file")
+
+        safetensors.torch.save_file = refuse  # (torch.save stays: Ray's own serialisation of tensors uses it)
+
+
+def test_checkpoints_reach_the_driver_from_a_learner_that_cannot_write(ray_session, tmp_path, monkeypatch):
+    import services.wiring
+
+    monkeypatch.setattr(services.wiring, "LearnerWorker", NoDiskLearner)
+    tr = Trainer(_cfg(tmp_path, "nodisk", "run.steps=2", "pipeline.mode=ray", "pipeline.max_staleness=0", *SMALL))
+    run_dir = tr.run()
+    pid = tr.actors[[a["role"] for a in tr.actors].index("learner")]["pid"]
+    tr.fleet.shutdown()
+    ck = run_dir / "checkpoints" / "step_2"
+    assert {"model.safetensors", "optimizer.safetensors", "learner_state.json", "manifest.json"} <= {
+        p.name for p in ck.iterdir()}
+    resumed = train(None, ["run.steps=3"], resume=str(run_dir))
+    summary = json.loads((Path(resumed) / "summary.json").read_text())
+    assert summary["started_at_step"] == 2
+    assert [a for a in summary["actors"] if a["role"] == "learner"][0]["pid"] != pid
+    assert (Path(resumed) / "checkpoints" / "step_3" / "manifest.json").exists()
