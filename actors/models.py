@@ -56,6 +56,12 @@ def resolve_model(model_cfg: Any) -> Path | str:
     local = Path(os.path.expanduser(path))
     if local.is_dir():
         return local
+    if path.startswith(("/", ".", "~")) or local.exists():
+        from envs.base import InputError
+
+        what = "is a file, not a model directory" if local.exists() else "no such directory"
+        raise InputError(f"model.path = {path}: {what} (a local HF model directory, a builtin: "
+                         f"{', '.join('builtin:' + b for b in sorted(BUILTINS))}, or a hub id when online)")
     return path
 
 
@@ -64,6 +70,43 @@ def prepare_builtin(which: str, models_dir: Path, *, seed: int = 0) -> Path:
     if which not in BUILTINS:
         raise ValueError(f"unknown builtin model {which!r}; known: {sorted(BUILTINS)}")
     return build_builtin_into(which, Path(models_dir) / BUILTINS[which], seed=seed)
+
+
+def _check_cached_model(target: Path) -> None:
+    """A cached builtin (converted GGUF / generated tiny model) must still be whole: every weight file's
+    safetensors header must parse and its tensors fit the file. Raises InputError naming the directory."""
+    from envs.base import InputError
+
+    files = sorted(target.glob("*.safetensors"))
+    problem = "no weight file" if not files else ""
+    for f in files:
+        try:
+            from safetensors import safe_open
+
+            with safe_open(str(f), framework="pt") as sf:
+                for k in sf.keys():
+                    sf.get_slice(k)
+            end = _safetensors_data_end(f)
+            if end != f.stat().st_size:
+                problem = f"{f.name} has {f.stat().st_size} bytes, its header describes {end}"
+        except Exception as e:  # noqa: BLE001 -- any failure to read it means the cache is unusable
+            problem = f"{f.name} is unreadable ({type(e).__name__}: {e})"
+        if problem:
+            break
+    if problem:
+        raise InputError(f"cached model {target} is corrupt: {problem}; delete it to rebuild it: rm -rf {target}")
+
+
+def _safetensors_data_end(f: Path) -> int:
+    """Byte length a safetensors file must have: 8 + header length + the largest tensor end offset."""
+    import json
+    import struct
+
+    with open(f, "rb") as fh:
+        n = struct.unpack("<Q", fh.read(8))[0]
+        header = json.loads(fh.read(n))
+    ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
+    return 8 + n + max(ends, default=0)
 
 
 def build_builtin_into(which: str, target: Path, *, seed: int = 0) -> Path:
@@ -77,6 +120,7 @@ def build_builtin_into(which: str, target: Path, *, seed: int = 0) -> Path:
         raise ValueError(f"unknown builtin model {which!r}; known: {sorted(BUILTINS)}")
     target = Path(target).expanduser()
     if (target / "config.json").exists():
+        _check_cached_model(target)
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with _file_lock(target.with_name(target.name + ".lock")):

@@ -22,6 +22,12 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 
+class InputError(ValueError):
+    """Bad user input -- a path, a file, a value -- with a message naming it and the problem. The CLI prints
+    it on one line and exits 2 (a traceback only with `stepopsd --debug`). Raised by envs, actors and
+    services alike, so it lives at the bottom of the layers."""
+
+
 @dataclass
 class ParsedTurn:
     """A model turn split into spans. Char offsets index `text`; roles are learner.roles values."""

@@ -28,6 +28,7 @@ COMMAND_MODULES = [
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stepopsd", description="StepOPSD actor/learner service for agent RL.")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an input error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for mod_name in COMMAND_MODULES:
         try:
@@ -46,15 +47,21 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    from envs.base import InputError
     from services.config import ConfigError
 
     try:
         rc = args.func(args)
-    except ConfigError as e:
-        print(f"stepopsd: {e}", file=sys.stderr)
+    except (ConfigError, InputError) as e:  # also inside a RayTaskError: it is an instance of its cause
+        if args.debug:
+            raise
+        print(f"stepopsd: {_one_line(e)}", file=sys.stderr)
         return 2
     return int(rc or 0)
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def _one_line(e: BaseException) -> str:
+    """The error's own message: for a RayTaskError wrapping an InputError (raised inside an actor) that of its
+    cause, without the remote traceback."""
+    cause = getattr(e, "cause", None)
+    return str(cause if isinstance(cause, BaseException) else e).strip()

@@ -122,7 +122,15 @@ class RunDir:
         """Create the directory and write the resolved config. Resuming: restore the latest checkpoint's
         teacher snapshot and metrics (lines of steps after it are dropped: they will be redone). Fresh: clear
         what a previous run in this directory left that would be mistaken for this run's."""
-        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            probe = self.root / ".write_test"
+            probe.write_text("")
+            probe.unlink()
+        except OSError as e:
+            from envs.base import InputError
+
+            raise InputError(f"run.dir = {self.root}: cannot write there ({e.strerror or e})") from None
         state = None
         if resume:
             ck = self.latest_checkpoint()

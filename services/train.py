@@ -30,7 +30,7 @@ from services.reporting import StepReporter
 from services.rundir import CHUNK_BYTES, SNAPSHOT, RunDir, read_tensor_files, save_learner
 from services.wiring import Fleet, build_fleet, policy_model_path, split_groups
 
-__all__ = ["SNAPSHOT", "Trainer", "TrainHook", "policy_model_path", "tasks_for_batch", "train"]
+__all__ = ["SNAPSHOT", "Trainer", "TrainHook", "TrainingInterrupted", "policy_model_path", "tasks_for_batch", "train"]
 
 
 def tasks_for_batch(task_ids: list[str], m: int, n: int, seed: int) -> list[str]:
@@ -73,6 +73,21 @@ def merge_sync(infos: list[dict[str, Any]]) -> dict[str, Any]:
     return {"version": infos[0].get("version"), "seconds": max(float(i.get("seconds", 0.0)) for i in infos),
             "max_abs_diff": max(float(i.get("max_abs_diff", 0.0)) for i in infos),
             "ok": all(bool(i.get("ok", True)) for i in infos), "workers": infos}
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """The run was stopped by a signal: after finishing step `step` and checkpointing it, or (second signal,
+    `step` None) abandoning the in-flight step; `checkpoint` is the last good one (None: there is none)."""
+
+    def __init__(self, signal_name: str, step: int | None, checkpoint: Path | None, run_dir: Path) -> None:
+        self.signal_name, self.step, self.checkpoint, self.run_dir = signal_name, step, checkpoint, run_dir
+        where = f"after step {step}" if step is not None else "mid-step (in-flight step abandoned)"
+        ck = f"checkpoint {checkpoint}" if checkpoint else "no checkpoint yet"
+        super().__init__(f"stopped by {signal_name} {where}; {ck}; resume with: stepopsd train --resume {run_dir}")
+
+    @property
+    def exit_code(self) -> int:
+        return 143 if self.signal_name == "SIGTERM" else 130
 
 
 class TrainHook(Protocol):
@@ -137,6 +152,7 @@ class Trainer:
         self.model_path = policy_model_path(cfg, log=self._log)
         before = self._held_out(self.model_path, "eval_before.json") if cfg.run.eval_episodes else None
         fleet = self.fleet = build_fleet(cfg, self.model_path, str(rd.snapshot_path))
+        self.started_ray = fleet.started_ray
         self.actors = fleet.describe()
         self._log(describe_fleet(self.actors))
         self.task_ids = list(fleet.rollout.get(fleet.rollout.task_ids()))
@@ -166,46 +182,62 @@ class Trainer:
             self.next_launch += 1
         self._launch_until(start + self.lookahead)
 
-        with self._progress(start) as advance:
-            for n in range(start, cfg.run.steps):
-                t_step = time.perf_counter()
-                # 1. score batch n (unless its scoring was queued during the previous update)
-                if not scored or scored[0].step != n:
-                    scored.appendleft(self._score(n))
-                cur = scored.popleft()
-                stats: ScoreStats = fleet.teacher.get(cur.stats)
-                self.schedule.observe(n, stats.delta_std if stats.shaped_tokens else None)
-                # 2. update on it (every learner rank, data parallel); the batch goes teacher -> learner by ref
-                u_ref = [h.update(cur.batch) for h in fleet.learners]
-                for hook in self.hooks:
-                    hook.on_scored(n, stats, lambda b=cur.batch: fleet.teacher.get(b))
-                # 3. overlap: score batch n + 1 (already rolled out or rolling) while the learner updates
-                if n + 1 < cfg.run.steps and (n + 1) in self.rollouts:
-                    scored.append(self._score(n + 1))
-                t_wait = time.perf_counter()
-                upd = gather(fleet.learners, u_ref)[0]
-                traj, r_stats = self._fetch_rollout(self.rollouts.pop(n))
-                # 4. publish W_{n+1}: to every rollout engine (verified), then the next rollouts; teachers every K
-                refreshed = (n + 1) % cfg.stepopsd.teacher_refresh_every == 0
-                sync_refs, refresh_refs = self._publish(refreshed)
-                self._launch_until(n + 1 + self.lookahead)
-                if refreshed:
-                    gather(fleet.teachers, refresh_refs)
-                    teacher_version = n + 1
-                try:
-                    sync = merge_sync(gather(fleet.rollouts, sync_refs))
-                    gather([fleet.learner] * len(self._sent), self._sent)
-                except Exception as e:  # a failed probe verification must stop the run loudly
-                    report.weight_sync_failed()
-                    self._log(f"[red]weight sync to the rollout engines failed at version {n + 1}: {e}")
-                    raise
-                # 5. report, checkpoint
-                report.emit(report.row(n, traj, r_stats, stats, upd, sync, cur.lam, cur.alpha, teacher_version,
-                                       time.perf_counter() - t_step, time.perf_counter() - t_wait, refreshed,
-                                       len(self.rollouts)))
-                advance(n + 1)
-                if (n + 1) % cfg.checkpoint.every == 0 or n + 1 == cfg.run.steps:
-                    self._checkpoint(n + 1, scored, teacher_version)
+        self._stop: str | None = None
+        restore = self._install_signal_handlers()
+        try:
+            with self._progress(start) as advance:
+                for n in range(start, cfg.run.steps):
+                    t_step = time.perf_counter()
+                    # 1. score batch n (unless its scoring was queued during the previous update)
+                    if not scored or scored[0].step != n:
+                        scored.appendleft(self._score(n))
+                    cur = scored.popleft()
+                    stats: ScoreStats = fleet.teacher.get(cur.stats)
+                    self.schedule.observe(n, stats.delta_std if stats.shaped_tokens else None)
+                    # 2. update on it (every learner rank, data parallel); the batch goes teacher -> learner by ref
+                    u_ref = [h.update(cur.batch) for h in fleet.learners]
+                    for hook in self.hooks:
+                        hook.on_scored(n, stats, lambda b=cur.batch: fleet.teacher.get(b))
+                    # 3. overlap: score batch n + 1 (already rolled out or rolling) while the learner updates
+                    if n + 1 < cfg.run.steps and (n + 1) in self.rollouts:
+                        scored.append(self._score(n + 1))
+                    t_wait = time.perf_counter()
+                    upd = gather(fleet.learners, u_ref)[0]
+                    traj, r_stats = self._fetch_rollout(self.rollouts.pop(n))
+                    # 4. publish W_{n+1}: to every rollout engine (verified), then the next rollouts; teachers every K
+                    refreshed = (n + 1) % cfg.stepopsd.teacher_refresh_every == 0
+                    sync_refs, refresh_refs = self._publish(refreshed)
+                    self._launch_until(n + 1 + self.lookahead)
+                    if refreshed:
+                        gather(fleet.teachers, refresh_refs)
+                        teacher_version = n + 1
+                    try:
+                        sync = merge_sync(gather(fleet.rollouts, sync_refs))
+                        gather([fleet.learner] * len(self._sent), self._sent)
+                    except Exception as e:  # a failed probe verification must stop the run loudly
+                        report.weight_sync_failed()
+                        self._log(f"[red]weight sync to the rollout engines failed at version {n + 1}: {e}")
+                        raise
+                    # 5. report, checkpoint
+                    report.emit(report.row(n, traj, r_stats, stats, upd, sync, cur.lam, cur.alpha, teacher_version,
+                                           time.perf_counter() - t_step, time.perf_counter() - t_wait, refreshed,
+                                           len(self.rollouts)))
+                    advance(n + 1)
+                    saved = (n + 1) % cfg.checkpoint.every == 0 or n + 1 == cfg.run.steps
+                    if saved:
+                        self._checkpoint(n + 1, scored, teacher_version)
+                    if self._stop is not None:  # SIGINT / SIGTERM: the step finished; checkpoint it and stop
+                        ck = self.rundir.latest_checkpoint() if saved else self._checkpoint(n + 1, scored, teacher_version)
+                        raise TrainingInterrupted(self._stop, n + 1, ck, self.run_dir)
+        except KeyboardInterrupt as e:
+            # a second Ctrl-C abandons the in-flight step (or a test's KeyboardInterrupt): report the last
+            # good checkpoint; either way stop every actor and the local Ray this run started
+            if not isinstance(e, TrainingInterrupted):
+                e = TrainingInterrupted(self._stop or "SIGINT", None, self.rundir.latest_checkpoint(), self.run_dir)
+            self._shutdown()
+            raise e from None
+        finally:
+            restore()
         final = rd.export_hf(cfg.run.steps, Path(self.model_path))
         self._log(f"final policy: {final}")
         if before is not None:
@@ -215,6 +247,39 @@ class Trainer:
                                   f"{after['success_rate']:.3f} ({int(after['episodes'])} episodes)")
             self.eval_summary = {"before": before, "after": after}
         return self._finish(start, t_run)
+
+    def _install_signal_handlers(self) -> Any:
+        """SIGINT / SIGTERM: finish the in-flight step, checkpoint, stop (first signal); abandon the step (second).
+        Only from the main thread (a Trainer run in a thread keeps the process's handlers). Returns a restorer."""
+        import signal
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+
+        def handler(signum: int, frame: Any) -> None:
+            name = signal.Signals(signum).name
+            if self._stop is not None:
+                raise KeyboardInterrupt(name)
+            self._stop = name
+            self._log(f"[yellow]{name}: finishing the current step, then checkpoint and stop "
+                      "(send it again to abandon the step)")
+
+        old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        return lambda: [signal.signal(s, h) for s, h in old.items()]
+
+    def _shutdown(self) -> None:
+        """Stop every actor of the fleet and the local Ray instance this run started (a cluster it joined, or a
+        Ray the caller started, is left running)."""
+        if self.fleet is not None:
+            try:
+                self.fleet.shutdown()
+            except Exception as e:  # noqa: BLE001 -- best effort on the way out
+                self._log(f"stopping the actors: {e}")
+        if getattr(self, "started_ray", False):
+            import ray
+
+            ray.shutdown()
 
     def _held_out(self, model_path: str, name: str) -> dict[str, Any]:
         from services.heldout import held_out
@@ -359,6 +424,12 @@ def train(config: str | None, overrides: list[str], resume: str | None = None, c
         if not base.exists():
             raise ConfigError(f"--resume {resume}: no config.yaml there")
         cfg = load_config(base, overrides)
+        trained = load_config(base).model
+        if (cfg.model.path, cfg.learner.lora.enabled) != (trained.path, load_config(base).learner.lora.enabled):
+            from envs.base import InputError
+
+            raise InputError(f"--resume {resume}: its checkpoints are of model.path = {trained.path}, not "
+                             f"{cfg.model.path} (resume with the run's own model; start a new run.dir for another)")
         cfg = cfg.model_copy(update={"run": cfg.run.model_copy(update={"dir": str(Path(resume))})})
         return Trainer(cfg, resume=True, console=console).run()
     cfg = load_config(config, overrides)

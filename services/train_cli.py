@@ -16,13 +16,19 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import sys
+
     from rich.console import Console
 
-    from services.train import train
+    from services.train import TrainingInterrupted, train
 
     overrides = list(args.overrides) + (["pipeline.mode=inprocess"] if args.inprocess else [])
     console = Console()
-    run_dir = train(args.config, overrides, resume=args.resume, console=console)
+    try:
+        run_dir = train(args.config, overrides, resume=args.resume, console=console)
+    except TrainingInterrupted as e:
+        print(f"stepopsd: {e}", file=sys.stderr)
+        return e.exit_code
     console.print(f"run directory: {run_dir}")
     console.print(f"  metrics: {run_dir / 'metrics.jsonl'}\n  curve:   {run_dir / 'curve.png'}\n"
                   f"  checkpoints: {run_dir / 'checkpoints'}")

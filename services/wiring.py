@@ -80,20 +80,22 @@ def policy_model_path(cfg: Config, log: Any = print) -> str:
     return str(resolve_model(cfg.model))
 
 
-def init_ray(cfg: Config) -> None:
-    """Join `pipeline.ray_address` (or RAY_ADDRESS), else start a local Ray; no-op when already initialised."""
+def init_ray(cfg: Config) -> bool:
+    """Join `pipeline.ray_address` (or RAY_ADDRESS), else start a local Ray; no-op when already initialised.
+    Returns True when it started a local Ray instance (the caller then owns it and stops it)."""
     import ray
 
     from actors.ray_actors import ACTOR_ENV
 
     if ray.is_initialized():
-        return
+        return False
     addr = cfg.pipeline.ray_address or os.environ.get("RAY_ADDRESS")
     runtime_env = {"env_vars": dict(ACTOR_ENV)}
     if addr:
         ray.init(address=addr, runtime_env=runtime_env)
-    else:
-        ray.init(num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False, runtime_env=runtime_env)
+        return False
+    ray.init(num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False, runtime_env=runtime_env)
+    return True
 
 
 @dataclass
@@ -109,6 +111,7 @@ class Fleet:
     remote: bool
     weight_sync: str = "object_store"
     resources: dict[str, dict[str, Any]] | None = None  # role -> what each of its actors was given
+    started_ray: bool = False  # build_fleet started a local Ray instance (its owner stops it)
 
     @property
     def rollout(self) -> Handle[RolloutWorker]:
@@ -179,8 +182,7 @@ def build_fleet(cfg: Config, model_path: str, snapshot_path: str) -> Fleet:
     workers, M teachers, W learner ranks; with W > 1 or a collective weight sync, the torch.distributed world
     joined by the learners, rollout workers and teachers (actors/collective.py)."""
     remote = cfg.pipeline.mode == "ray"
-    if remote:
-        init_ray(cfg)
+    started = init_ray(cfg) if remote else False
     spec, r = env_spec(cfg), cfg.resources
     n_roll, n_env = cfg.rollout.num_rollout_workers, cfg.env.num_env_workers
     share = max(size for _, size in split_groups(cfg.rollout.tasks_per_step, n_roll)) * cfg.rollout.group_size
@@ -201,7 +203,7 @@ def build_fleet(cfg: Config, model_path: str, snapshot_path: str) -> Fleet:
                 for w in range(cfg.learner.num_workers)]
     resources = None if not remote else {role: res.model_dump() for role, res in
                  (("env", r.env), ("rollout", r.rollout), ("teacher", r.teacher), ("learner", r.learner))}
-    fleet = Fleet(envs, rollouts, teachers, learners, remote, cfg.pipeline.weight_sync, resources)
+    fleet = Fleet(envs, rollouts, teachers, learners, remote, cfg.pipeline.weight_sync, resources, started)
     if remote and (len(learners) > 1 or cfg.pipeline.weight_sync == "collective"):
         join_world(fleet, cfg)
     return fleet

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from envs.alfworld.tasks import TASK_TYPES
+from envs.base import InputError
 
 
 @dataclass(frozen=True)
@@ -24,12 +25,16 @@ class GameEntry:
     traj_file: Path
 
 
+class GamesDirError(InputError, FileNotFoundError):
+    """A games directory that is missing or holds no games (an InputError: one line, exit 2)."""
+
+
 def find_games(
     root: str | Path, task_types: list[str] | tuple[str, ...] = TASK_TYPES, require_solvable: bool = True
 ) -> list[GameEntry]:
     root = Path(root).expanduser()
     if not root.is_dir():
-        raise FileNotFoundError(f"ALFWorld games directory not found: {root}")
+        raise GamesDirError(f"ALFWorld games directory not found: {root}")
     wanted = set(task_types)
     out: list[GameEntry] = []
     for dirpath, dirnames, files in os.walk(root):

@@ -24,7 +24,15 @@ def games_dir_from_config(cfg, cache_dir: str | Path = "~/.cache/stepopsd", spli
     (train -> generated 'train', eval -> generated 'valid_unseen')."""
     configured = cfg.games_dir if split == "train" else cfg.eval_games_dir
     if configured:
-        return Path(configured).expanduser()
+        from envs.alfworld.games import GamesDirError
+
+        p, key = Path(configured).expanduser(), "games_dir" if split == "train" else "eval_games_dir"
+        if not p.is_dir():
+            raise GamesDirError(f"env.alfworld.{key} = {p}: no such directory")
+        if next(p.rglob("game.tw-pddl"), None) is None:
+            raise GamesDirError(f"env.alfworld.{key} = {p}: holds no ALFWorld games (expected "
+                                "<task>/<trial>/game.tw-pddl + traj_data.json; `stepopsd alfworld generate` makes some)")
+        return p
     gen_split = "train" if split == "train" else "valid_unseen"
     per_type = cfg.per_type if split == "train" else (cfg.eval_per_type or cfg.per_type)
     return ensure_games(

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from envs.base import InputError
+
 
 @dataclass(frozen=True)
 class QATask:
@@ -24,7 +26,11 @@ class QATask:
     data_source: str  # dataset name ("nq", "hotpotqa", "synthetic_2hop", ...): the env's task_type
 
 
-class DataFormatError(ValueError):
+class DataFileNotFound(InputError, FileNotFoundError):
+    """A dataset file that is not there."""
+
+
+class DataFormatError(InputError):
     """A dataset / corpus file does not have the expected fields (message names file and line/row)."""
 
 
@@ -82,7 +88,10 @@ def load_searchr1_parquet(path: str | Path) -> list[QATask]:
     except ImportError as e:  # pragma: no cover - pyarrow is a declared dependency
         raise ImportError("reading Search-R1 parquet needs pyarrow: pip install pyarrow") from e
     p = Path(path)
-    rows = pq.read_table(p).to_pylist()
+    try:
+        rows = pq.read_table(p).to_pylist()
+    except Exception as e:  # noqa: BLE001 -- pyarrow raises several types for a file that is not parquet
+        raise DataFormatError(f"{p}: not a readable parquet file ({type(e).__name__}: {e})") from e
     tasks: list[QATask] = []
     for i, rec in enumerate(rows):
         try:
@@ -107,7 +116,7 @@ def load_tasks(path: str | Path) -> list[QATask]:
     """Load a dataset file by extension (.parquet -> Search-R1, .jsonl/.json -> FlashRAG)."""
     p = Path(path).expanduser()
     if not p.exists():
-        raise FileNotFoundError(f"dataset file not found: {p}")
+        raise DataFileNotFound(f"dataset file not found: {p}")
     if p.suffix == ".parquet":
         tasks = load_searchr1_parquet(p)
     elif p.suffix in {".jsonl", ".json"}:
