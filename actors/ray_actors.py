@@ -34,3 +34,19 @@ def remote_worker(cls: type[W], args: tuple[Any, ...], *, num_cpus: float, num_g
     if restartable:
         opts.update(max_restarts=-1, max_task_retries=-1 if retry_tasks else 0)
     return Handle(ray.remote(**opts)(cls).remote(*args), cls, remote=True)
+
+
+def is_actor_death(e: BaseException) -> bool:
+    """Whether `e` reports a dead actor: directly, as the cause of a task that consumed its result, or as the
+    cause of an error raised while talking to it (e.g. a checkpoint whose learner died mid-write)."""
+    try:
+        from ray.exceptions import RayActorError
+    except ImportError:  # pragma: no cover
+        return False
+    seen = 0
+    cur: BaseException | None = e
+    while cur is not None and seen < 10:
+        if isinstance(cur, RayActorError) or isinstance(getattr(cur, "cause", None), RayActorError):
+            return True
+        cur, seen = cur.__cause__, seen + 1
+    return False

@@ -86,6 +86,7 @@ class PipelineConfig(_Base):
     max_staleness: int = Field(1, ge=0, description="Max policy-version lag of a batch behind the learner (0 = synchronous).")
     rollout_queue_size: int = Field(2, ge=1, description="Bounded queue of rollout batches awaiting scoring.")
     ray_address: str | None = Field(None, description="Ray cluster address (None = RAY_ADDRESS env or a new local cluster).")
+    max_recoveries: int = Field(3, ge=0, description="Actor deaths the driver recovers from per run (Ray mode): a rollout worker or learner rank that dies (or a teacher / env pool past its own restarts) makes the driver rebuild the fleet from the last checkpoint and redo the steps since it; counted in the metrics (`recoveries`, stepopsd_actor_restarts_total). 0 = stop at the first death.")
     weight_sync: Literal["object_store", "collective"] = Field("object_store", description="How published weights reach the rollout workers and teachers: 'object_store' (one versioned packet, Ray's object store; the fallback) or 'collective' (learner rank 0 broadcasts over a torch.distributed group, gloo on CPU / NCCL on GPU, in buckets of rollout.vllm.weight_bucket_mb). Verified on the probe either way. Ray mode.")
 
 

@@ -220,6 +220,8 @@ class RunDir:
         st = json.loads((ck / "driver_state.json").read_text())
         if (ck / SNAPSHOT).exists():
             shutil.copy2(ck / SNAPSHOT, self.snapshot_path)
+        else:  # no refresh before this checkpoint: a later snapshot left in the run dir must not be picked up
+            self.snapshot_path.unlink(missing_ok=True)
         history: list[dict[str, Any]] = []
         if self.metrics_path.exists():
             lines = self.metrics_path.read_text().splitlines()[: int(st["metrics_lines"])]

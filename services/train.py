@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from actors.handle import gather
+from actors.ray_actors import is_actor_death
 from learner.batch import ScoreStats
 from services.config import Config, ConfigError, dump_config, load_config
 from services.reporting import StepReporter
@@ -151,6 +152,48 @@ class Trainer:
         t_run = time.perf_counter()
         self.model_path = policy_model_path(cfg, log=self._log)
         before = self._held_out(self.model_path, "eval_before.json") if cfg.run.eval_episodes else None
+        self.report = StepReporter(cfg, rd, self._log, resume.history if resume else None)
+        self.recoveries = 0
+        first_start: int | None = None
+        self._stop: str | None = None
+        restore = self._install_signal_handlers()
+        try:
+            while True:
+                start, teacher_version, scored = self._start(resume)
+                first_start = start if first_start is None else first_start
+                try:
+                    self._loop(start, teacher_version, scored)
+                    break
+                except Exception as e:  # noqa: BLE001 -- only actor deaths are recovered
+                    if not is_actor_death(e) or self.recoveries >= cfg.pipeline.max_recoveries:
+                        raise
+                    resume = self._recover(e)
+        except KeyboardInterrupt as e:
+            # a second Ctrl-C abandons the in-flight step (or a test's KeyboardInterrupt): report the last
+            # good checkpoint; either way stop every actor and the local Ray this run started
+            if not isinstance(e, TrainingInterrupted):
+                e = TrainingInterrupted(self._stop or "SIGINT", None, self.rundir.latest_checkpoint(), self.run_dir)
+            self._shutdown()
+            raise e from None
+        finally:
+            restore()
+        fleet = self.fleet
+        assert fleet is not None
+        final = rd.export_hf(cfg.run.steps, Path(self.model_path))
+        self._log(f"final policy: {final}")
+        if before is not None:
+            fleet.shutdown()  # free the actors' memory and cores for the evaluation
+            after = self._held_out(str(final), "eval_after.json")
+            self.held_out_line = (f"held-out success: before {before['success_rate']:.3f} -> after "
+                                  f"{after['success_rate']:.3f} ({int(after['episodes'])} episodes)")
+            self.eval_summary = {"before": before, "after": after}
+        return self._finish(first_start or 0, t_run)
+
+    def _start(self, resume: Any) -> tuple[int, int, deque[_Scored]]:
+        """Build the fleet and bring it to the state of `resume` (a checkpoint) or of a fresh run: weights,
+        schedule, teacher snapshot, pending batches, the first rollouts launched. Returns (first step, teacher
+        version, scored batches queued)."""
+        cfg, rd = self.cfg, self.rundir
         fleet = self.fleet = build_fleet(cfg, self.model_path, str(rd.snapshot_path))
         self.started_ray = fleet.started_ray
         self.actors = fleet.describe()
@@ -158,8 +201,6 @@ class Trainer:
         self.task_ids = list(fleet.rollout.get(fleet.rollout.task_ids()))
         if not self.task_ids:
             raise RuntimeError("the environment offers no tasks")
-        report = self.report = StepReporter(cfg, rd, self._log, resume.history if resume else None)
-
         start, teacher_version = 0, 0
         self.rollouts: dict[int, list[Any]] = {}  # batch index -> [TrajectoryBatch, rollout stats] (refs in Ray)
         scored: deque[_Scored] = deque()
@@ -181,72 +222,92 @@ class Trainer:
         while self.next_launch in self.rollouts:
             self.next_launch += 1
         self._launch_until(start + self.lookahead)
+        return start, teacher_version, scored
 
-        self._stop: str | None = None
-        restore = self._install_signal_handlers()
-        try:
-            with self._progress(start) as advance:
-                for n in range(start, cfg.run.steps):
-                    t_step = time.perf_counter()
-                    # 1. score batch n (unless its scoring was queued during the previous update)
-                    if not scored or scored[0].step != n:
-                        scored.appendleft(self._score(n))
-                    cur = scored.popleft()
-                    stats: ScoreStats = fleet.teacher.get(cur.stats)
-                    self.schedule.observe(n, stats.delta_std if stats.shaped_tokens else None)
-                    # 2. update on it (every learner rank, data parallel); the batch goes teacher -> learner by ref
-                    u_ref = [h.update(cur.batch) for h in fleet.learners]
-                    for hook in self.hooks:
-                        hook.on_scored(n, stats, lambda b=cur.batch: fleet.teacher.get(b))
-                    # 3. overlap: score batch n + 1 (already rolled out or rolling) while the learner updates
-                    if n + 1 < cfg.run.steps and (n + 1) in self.rollouts:
-                        scored.append(self._score(n + 1))
-                    t_wait = time.perf_counter()
-                    upd = gather(fleet.learners, u_ref)[0]
-                    traj, r_stats = self._fetch_rollout(self.rollouts.pop(n))
-                    # 4. publish W_{n+1}: to every rollout engine (verified), then the next rollouts; teachers every K
-                    refreshed = (n + 1) % cfg.stepopsd.teacher_refresh_every == 0
-                    sync_refs, refresh_refs = self._publish(refreshed)
-                    self._launch_until(n + 1 + self.lookahead)
-                    if refreshed:
-                        gather(fleet.teachers, refresh_refs)
-                        teacher_version = n + 1
-                    try:
-                        sync = merge_sync(gather(fleet.rollouts, sync_refs))
-                        gather([fleet.learner] * len(self._sent), self._sent)
-                    except Exception as e:  # a failed probe verification must stop the run loudly
-                        report.weight_sync_failed()
-                        self._log(f"[red]weight sync to the rollout engines failed at version {n + 1}: {e}")
-                        raise
-                    # 5. report, checkpoint
-                    report.emit(report.row(n, traj, r_stats, stats, upd, sync, cur.lam, cur.alpha, teacher_version,
-                                           time.perf_counter() - t_step, time.perf_counter() - t_wait, refreshed,
-                                           len(self.rollouts)))
-                    advance(n + 1)
-                    saved = (n + 1) % cfg.checkpoint.every == 0 or n + 1 == cfg.run.steps
-                    if saved:
-                        self._checkpoint(n + 1, scored, teacher_version)
-                    if self._stop is not None:  # SIGINT / SIGTERM: the step finished; checkpoint it and stop
-                        ck = self.rundir.latest_checkpoint() if saved else self._checkpoint(n + 1, scored, teacher_version)
-                        raise TrainingInterrupted(self._stop, n + 1, ck, self.run_dir)
-        except KeyboardInterrupt as e:
-            # a second Ctrl-C abandons the in-flight step (or a test's KeyboardInterrupt): report the last
-            # good checkpoint; either way stop every actor and the local Ray this run started
-            if not isinstance(e, TrainingInterrupted):
-                e = TrainingInterrupted(self._stop or "SIGINT", None, self.rundir.latest_checkpoint(), self.run_dir)
-            self._shutdown()
-            raise e from None
-        finally:
-            restore()
-        final = rd.export_hf(cfg.run.steps, Path(self.model_path))
-        self._log(f"final policy: {final}")
-        if before is not None:
-            fleet.shutdown()  # free the actors' memory and cores for the evaluation
-            after = self._held_out(str(final), "eval_after.json")
-            self.held_out_line = (f"held-out success: before {before['success_rate']:.3f} -> after "
-                                  f"{after['success_rate']:.3f} ({int(after['episodes'])} episodes)")
-            self.eval_summary = {"before": before, "after": after}
-        return self._finish(start, t_run)
+    def _loop(self, start: int, teacher_version: int, scored: deque[_Scored]) -> None:
+        """Steps start .. run.steps - 1: score, update, publish, report, checkpoint."""
+        cfg, fleet = self.cfg, self.fleet
+        assert fleet is not None
+        with self._progress(start) as advance:
+            for n in range(start, cfg.run.steps):
+                t_step = time.perf_counter()
+                # 1. score batch n (unless its scoring was queued during the previous update)
+                if not scored or scored[0].step != n:
+                    scored.appendleft(self._score(n))
+                cur = scored.popleft()
+                stats: ScoreStats = fleet.teacher.get(cur.stats)
+                self.schedule.observe(n, stats.delta_std if stats.shaped_tokens else None)
+                # 2. update on it (every learner rank, data parallel); the batch goes teacher -> learner by ref
+                u_ref = [h.update(cur.batch) for h in fleet.learners]
+                for hook in self.hooks:
+                    hook.on_scored(n, stats, lambda b=cur.batch: fleet.teacher.get(b))
+                # 3. overlap: score batch n + 1 (already rolled out or rolling) while the learner updates
+                if n + 1 < cfg.run.steps and (n + 1) in self.rollouts:
+                    scored.append(self._score(n + 1))
+                t_wait = time.perf_counter()
+                upd = gather(fleet.learners, u_ref)[0]
+                traj, r_stats = self._fetch_rollout(self.rollouts.pop(n))
+                # 4. publish W_{n+1}: to every rollout engine (verified), then the next rollouts; teachers every K
+                refreshed = (n + 1) % cfg.stepopsd.teacher_refresh_every == 0
+                sync_refs, refresh_refs = self._publish(refreshed)
+                self._launch_until(n + 1 + self.lookahead)
+                if refreshed:
+                    gather(fleet.teachers, refresh_refs)
+                    teacher_version = n + 1
+                try:
+                    sync = merge_sync(gather(fleet.rollouts, sync_refs))
+                    gather([fleet.learner] * len(self._sent), self._sent)
+                except Exception as e:  # a failed probe verification must stop the run loudly
+                    if is_actor_death(e):
+                        raise  # not a sync failure: the driver recovers the fleet
+                    self.report.weight_sync_failed()
+                    self._log(f"[red]weight sync to the rollout engines failed at version {n + 1}: {e}")
+                    raise
+                # 5. report, checkpoint
+                row = self.report.row(n, traj, r_stats, stats, upd, sync, cur.lam, cur.alpha, teacher_version,
+                                      time.perf_counter() - t_step, time.perf_counter() - t_wait, refreshed,
+                                      len(self.rollouts))
+                row["recoveries"] = self.recoveries  # fleet rebuilds so far in this run (pipeline.max_recoveries)
+                self.report.emit(row)
+                advance(n + 1)
+                saved = (n + 1) % cfg.checkpoint.every == 0 or n + 1 == cfg.run.steps
+                if saved:
+                    self._checkpoint(n + 1, scored, teacher_version)
+                if self._stop is not None:  # SIGINT / SIGTERM: the step finished; checkpoint it and stop
+                    ck = self.rundir.latest_checkpoint() if saved else self._checkpoint(n + 1, scored, teacher_version)
+                    raise TrainingInterrupted(self._stop, n + 1, ck, self.run_dir)
+
+    def _recover(self, e: BaseException) -> Any:
+        """An actor died (rollout worker, learner rank, or a teacher / env pool past its own restarts): stop the
+        fleet, rebuild it from the last checkpoint (the work since it is redone: the same batches, seeds and
+        weights), count it. Returns the resume state."""
+        self.recoveries += 1
+        ck = self.rundir.latest_checkpoint()
+        if ck is None:
+            raise RuntimeError("an actor died before the first checkpoint") from e
+        who = self._dead_actor(e)
+        self._log(f"[yellow]{who} actor died ({type(e).__name__}); recovery {self.recoveries}/"
+                  f"{self.cfg.pipeline.max_recoveries}: rebuilding the fleet from {ck}")
+        if self.report.metrics is not None:
+            self.report.metrics.inc("actor_restarts", 1, {"actor": who})
+        if self.fleet is not None:
+            self.fleet.shutdown()
+        resume = self.rundir.load_checkpoint(ck)
+        self.report.history = list(resume.history)
+        return resume
+
+    def _dead_actor(self, e: BaseException) -> str:
+        """The role of the actor whose death `e` reports (\"unknown\" when it cannot be told)."""
+        dead, cur = None, e
+        while cur is not None and not dead:  # the error itself, a task's cause, or what an error was raised from
+            dead = getattr(cur, "actor_id", None) or getattr(getattr(cur, "cause", None), "actor_id", None)
+            cur = cur.__cause__
+        if self.fleet is not None and dead:
+            for role, _, h in self.fleet.members():
+                actor_id = getattr(getattr(h.target, "_actor_id", None), "hex", lambda: None)()
+                if actor_id and actor_id == (dead if isinstance(dead, str) else getattr(dead, "hex", lambda: "")()):
+                    return role
+        return "unknown"
 
     def _install_signal_handlers(self) -> Any:
         """SIGINT / SIGTERM: finish the in-flight step, checkpoint, stop (first signal); abandon the step (second).
@@ -405,7 +466,8 @@ class Trainer:
                    "peak_memory_gib": round(peak, 3), "peak_memory_processes": self.memwatch.peak_procs,
                    "model_path": self.model_path, "mode": self.cfg.pipeline.mode,
                    "final_hf": str(self.rundir.root / "final_hf"), "held_out": self.eval_summary,
-                   "weight_sync": self.cfg.pipeline.weight_sync, "actors": self.actors}
+                   "weight_sync": self.cfg.pipeline.weight_sync, "actors": self.actors,
+                   "recoveries": self.recoveries}
         self.rundir.write_json("summary.json", summary)
         self._log(f"peak memory (PSS, driver + {self.memwatch.peak_procs - 1} child processes): {peak:.2f} GiB | "
                   f"wall {summary['wall_seconds']:.0f}s")
