@@ -50,6 +50,10 @@ BENCHES: list[tuple[str, list[str], int, str]] = [
     ("weight_sync", ["benchmarks/weight_sync.py", "--model", "builtin:smollm2-135m", "--rollouts", "2",
                      "--repeats", "5"], 600,
      "weight sync to 2 rollout workers, object store vs collective broadcast (gloo), SmolLM2, real Ray actors"),
+    ("soak", ["benchmarks/soak.py", "--steps", "12", "--kills", "4"], 900,
+     "chaos soak (short): the smoke config with env / teacher / rollout / learner actors killed on a seeded schedule "
+     "vs an undisturbed run: steps, recoveries, episodes lost, final-weight equality, RSS, wall ratio "
+     "(the 50-step version: benchmarks/soak.py --steps 50)"),
     ("pipeline", ["benchmarks/pipeline.py", "--warm-start", "deploy/configs/experiment_cpu.yaml", "--steps", "12",
                   "--turns", "4", "--max-new-tokens", "64", "--mode", "ray"], 1500,
      "StepOPSD vs GRPO step time and async vs sync throughput, real Ray actors, in one run (ALFWorld, "
