@@ -76,19 +76,10 @@ def backend_for(device: torch.device) -> str:
 
 def bucket_plan(meta: WeightsMeta, bucket_bytes: int) -> list[list[int]]:
     """Indices of `meta`'s tensors per bucket, in order; a tensor larger than a bucket is a bucket of its own."""
-    plan: list[list[int]] = []
-    cur: list[int] = []
-    size = 0
-    for i in range(len(meta.names)):
-        n = meta.nbytes(i)
-        if cur and size + n > bucket_bytes:
-            plan.append(cur)
-            cur, size = [], 0
-        cur.append(i)
-        size += n
-    if cur:
-        plan.append(cur)
-    return plan
+    from actors.state_io import chunks
+
+    plan = chunks({str(i): meta.nbytes(i) for i in range(len(meta.names))}, bucket_bytes)
+    return [[int(i) for i in bucket] for bucket in plan if bucket]
 
 
 def meta_of(state_dict: dict[str, torch.Tensor], version: int, probe_logp: list[float]) -> WeightsMeta:

@@ -8,7 +8,8 @@ arguments, so in-flight calls are retried (`max_task_retries=-1`). An env pool i
 retried `step` would silently continue an episode on a fresh env, so its calls are NOT retried -- the caller
 gets RayActorError and the rollout worker re-runs the whole batch from reset on the restarted pool (same
 seeds), so no episode is lost or corrupted. The rollout worker and learner hold state only a checkpoint
-restores; if they die the run stops (resume with `--resume`).
+restores: they are not restarted by Ray; their death reaches the driver (`is_actor_death`), which rebuilds the
+whole fleet from the last checkpoint and redoes the steps since it (services/train.py, `pipeline.max_recoveries`).
 """
 
 from __future__ import annotations

@@ -12,17 +12,12 @@ first, so the timed ones see warm games (as in training, where the same games re
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import sys
 import time
-from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench_env import setup  # benchmarks/ is sys.path[0] when a script here runs
+
+ROOT = setup()
 
 
 class Recorder:
