@@ -53,6 +53,7 @@ class _Episode:
     observations: list[str] = field(default_factory=list)
     context_truncated: bool = False
     gen_tokens: int = 0
+    env_error: bool = False  # the env failed (e.g. retrieval down), not the policy: left out of the advantages
 
 
 class MultiTurnRollout:
@@ -128,6 +129,7 @@ class MultiTurnRollout:
                 e.invalid += int(bool(info.get("invalid", False)))
                 # env-reported cumulative tool calls (Search-QA); otherwise every valid action is one env call
                 e.tool_calls = int(info["tool_calls"]) if "tool_calls" in info else e.tool_calls + int(not info.get("invalid"))
+                e.env_error = e.env_error or bool(info.get("env_error"))
                 e.actions.append(str(info.get("action", "")))
                 e.observations.append(str(obs))
                 if term or trunc or turn == self.max_turns - 1:
@@ -146,6 +148,7 @@ class MultiTurnRollout:
             "rollout_seconds": wall, "generate_seconds": gen_time, "env_seconds": env_time,
             "generated_tokens": float(n_tok), "tokens_per_s": n_tok / max(gen_time, 1e-9),
             "context_truncated": float(sum(e.context_truncated for e in eps)),
+            "env_errors": float(sum(e.env_error for e in eps)),
         }
         return batch
 
@@ -177,6 +180,7 @@ class MultiTurnRollout:
             first_user_messages=[e.first_user for e in eps], actions=[e.actions for e in eps],
             policy_version=policy_version, pad_id=int(pad),
             episode_ids=[uuid.uuid4().hex[:12] for _ in eps], observations=[e.observations for e in eps],
+            env_error=torch.tensor([e.env_error for e in eps]),
         )
         return batch.validate()
 

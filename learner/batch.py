@@ -42,6 +42,7 @@ class TrajectoryBatch:
     pad_id: int = 0
     episode_ids: list[str] = field(default_factory=list)  # (B,) unique episode ids (accounting: nothing lost)
     observations: list[list[str]] = field(default_factory=list)  # (B, turns) env text after each turn ("" if none)
+    env_error: torch.Tensor | None = None  # (B,) bool, the env failed the episode (e.g. retrieval down): no advantage
 
     @property
     def batch_size(self) -> int:
@@ -74,6 +75,9 @@ class TrajectoryBatch:
         for name in ("task_ids", "task_types", "first_user_messages", "actions"):
             if len(getattr(self, name)) != B:
                 raise ValueError(f"TrajectoryBatch.{name}: expected {B} entries, got {len(getattr(self, name))}")
+        if self.env_error is not None and (self.env_error.shape != (B,) or self.env_error.dtype != torch.bool):
+            raise ValueError(f"TrajectoryBatch.env_error: expected bool ({B},), got {self.env_error.dtype} "
+                             f"{tuple(self.env_error.shape)}")
         for name in ("episode_ids", "observations"):
             if getattr(self, name) and len(getattr(self, name)) != B:
                 raise ValueError(f"TrajectoryBatch.{name}: expected {B} entries, got {len(getattr(self, name))}")
@@ -98,7 +102,10 @@ class TrajectoryBatch:
         out: dict[str, Any] = {}
         for f in fields(TrajectoryBatch):
             vals = [getattr(b, f.name) for b in batches]
-            if f.name in pad_value:
+            if f.name == "env_error":
+                out[f.name] = (None if all(v is None for v in vals) else torch.cat(
+                    [v if v is not None else torch.zeros(b.batch_size, dtype=torch.bool) for v, b in zip(vals, batches)]))
+            elif f.name in pad_value:
                 out[f.name] = torch.cat([torch.nn.functional.pad(v, (0, T - v.shape[1]), value=pad_value[f.name])
                                          for v in vals])
             elif isinstance(vals[0], torch.Tensor):

@@ -69,7 +69,15 @@ def score_batch(traj: TrajectoryBatch, teacher_logp: torch.Tensor | None, source
     t0 = time.perf_counter()
     traj.validate()
     gen = traj.generated_mask  # (B, T)
-    adv_seq = ADV_ESTIMATORS.get(opts.adv_estimator)(traj.rewards, traj.group_ids)  # (B,)
+    estimator = ADV_ESTIMATORS.get(opts.adv_estimator)
+    if traj.env_error is not None and bool(traj.env_error.any()):
+        # episodes the env failed (not the policy) get no advantage and do not count in their group's baseline
+        keep = ~traj.env_error  # (B,)
+        adv_seq = torch.zeros_like(traj.rewards)  # (B,)
+        if bool(keep.any()):
+            adv_seq[keep] = estimator(traj.rewards[keep], traj.group_ids[keep])
+    else:
+        adv_seq = estimator(traj.rewards, traj.group_ids)  # (B,)
     adv = broadcast_to_tokens(adv_seq.float(), gen)  # (B, T)
     has_teacher = sources >= 0  # (B,)
     if teacher_logp is None or not needs_teacher(sources, opts):

@@ -54,6 +54,7 @@ class StepReporter:
             "weight_sync_seconds": float(sync.get("seconds", 0.0)), "weight_sync_ok": float(bool(sync.get("ok", True))),
             "weight_sync_max_abs_diff": float(sync.get("max_abs_diff", 0.0)), "queue_rollouts": queue,
             "env_restarts": r_stats.get("env_restarts", 0.0), "context_truncated": r_stats.get("context_truncated", 0.0),
+            "env_errors": r_stats.get("env_errors", 0.0),
             "episode_ids": traj.episode_ids, "time": time.time(),
         })
         syncs = sync.get("workers") or [sync]
@@ -78,6 +79,8 @@ class StepReporter:
             for w in row.get("rollout_workers", []):
                 self.metrics.log_worker(w["worker"], {k: v for k, v in w.items() if k != "worker"})
             self.metrics.inc("episodes", row["episodes"])
+            if row["env_errors"]:
+                self.metrics.inc("env_errors", row["env_errors"])
             if row["env_restarts"]:
                 self.metrics.inc("actor_restarts", row["env_restarts"], {"actor": "env_pool"})
         if row["step"] % self.log_every == 0:

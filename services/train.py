@@ -29,7 +29,7 @@ from learner.batch import ScoreStats
 from services.config import Config, ConfigError, dump_config, load_config
 from services.reporting import StepReporter
 from services.rundir import CHUNK_BYTES, SNAPSHOT, RunDir, read_tensor_files, save_learner
-from services.wiring import Fleet, build_fleet, policy_model_path, split_groups
+from services.wiring import Fleet, build_fleet, heal_retrieval, policy_model_path, split_groups
 
 __all__ = ["SNAPSHOT", "Trainer", "TrainHook", "TrainingInterrupted", "policy_model_path", "tasks_for_batch", "train"]
 
@@ -62,7 +62,7 @@ def merge_rollout_stats(parts: list[dict[str, Any]]) -> dict[str, Any]:
         return {**parts[0], "workers": [dict(parts[0])]}
     out: dict[str, Any] = {k: max(float(p.get(k, 0.0)) for p in parts)
                            for k in ("rollout_seconds", "generate_seconds", "env_seconds")}
-    for k in ("generated_tokens", "context_truncated", "env_restarts"):
+    for k in ("generated_tokens", "context_truncated", "env_restarts", "env_errors"):
         out[k] = sum(float(p.get(k, 0.0)) for p in parts)
     out["tokens_per_s"] = out["generated_tokens"] / max(out["generate_seconds"], 1e-9)
     out["workers"] = [dict(p) for p in parts]
@@ -247,6 +247,12 @@ class Trainer:
                 t_wait = time.perf_counter()
                 upd = gather(fleet.learners, u_ref)[0]
                 traj, r_stats = self._fetch_rollout(self.rollouts.pop(n))
+                if r_stats.get("env_errors") and cfg.env.name == "search":
+                    self._log(f"[yellow]step {n + 1}: {int(r_stats['env_errors'])} episodes cut by retrieval errors "
+                              "(left out of the advantages)")
+                    restarted = heal_retrieval(cfg)
+                    if restarted:
+                        self._log(f"[yellow]the local retrieval service was down: restarted at {restarted}")
                 # 4. publish W_{n+1}: to every rollout engine (verified), then the next rollouts; teachers every K
                 refreshed = (n + 1) % cfg.stepopsd.teacher_refresh_every == 0
                 sync_refs, refresh_refs = self._publish(refreshed)

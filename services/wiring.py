@@ -35,6 +35,29 @@ def retrieval_url(cfg: Config) -> str:
     return _SERVICES[key][0]
 
 
+def heal_retrieval(cfg: Config) -> str | None:
+    """After a step with retrieval errors: if the retrieval service this process started for `cfg` no longer
+    answers, start it again on the same URL (its env clients keep working) and return that URL; None when
+    it answers, or when it is not ours (an external service is the user's to restart)."""
+    from envs.search.client import probe
+    from services.search.launcher import ensure_service
+
+    sc = cfg.env.search
+    key = (sc.url, sc.corpus, sc.data)
+    if key not in _SERVICES or _SERVICES[key][1] is None:
+        return None
+    url, handle = _SERVICES[key]
+    if probe(url, min(sc.timeout_s, 2.0)) is not None:
+        return None
+    try:
+        handle.stop()
+    except Exception:  # noqa: BLE001, S110 -- it is already dead
+        pass
+    new_url, new_handle = ensure_service(sc.model_copy(update={"url": url}), cfg.model.cache_dir)
+    _SERVICES[key] = (new_url, new_handle)
+    return new_url
+
+
 def stop_retrieval_services() -> None:
     """Stop the retrieval services this process started (tests; a driver's are daemon threads anyway)."""
     while _SERVICES:

@@ -19,7 +19,7 @@ from typing import Any
 from envs.base import ParsedTurn
 from envs.pool import SerialEnvPool, StepResult, check_step_args
 from envs.search import protocol
-from envs.search.client import RetrievalClient, run_sync
+from envs.search.client import RetrievalClient, SearchServiceError, run_sync
 from envs.search.data import QATask
 from envs.search.reward import em_check
 
@@ -66,7 +66,10 @@ class SearchEnv:
         if pending.query is not None:
             if self.client is None:
                 raise RuntimeError("SearchEnv has no retrieval client")
-            docs = self.client.retrieve([pending.query])[0]
+            try:
+                docs = self.client.retrieve([pending.query])[0]
+            except SearchServiceError as e:  # down after the client's bounded retries: the env failed, not the policy
+                return self._finish(pending, None, env_error=str(e))
         return self._finish(pending, docs)
 
     def parse(self, turn_text: str) -> ParsedTurn:
@@ -88,9 +91,16 @@ class SearchEnv:
         query = parsed.action if parsed.kind == "search" and not last else None
         return _Pending(parsed, query)
 
-    def _finish(self, pending: _Pending, docs: list[dict[str, str]] | None) -> StepResult:
+    def _finish(self, pending: _Pending, docs: list[dict[str, str]] | None, env_error: str | None = None) -> StepResult:
+        """`env_error`: the retrieval for this turn's query failed -- the episode is cut (truncated, reward 0) and
+        marked `info["env_error"] = "retrieval_error"`, so the learner leaves it out of the advantages."""
         assert self.task is not None
         p = pending.parsed
+        if env_error is not None:
+            self.done = True
+            info = self._info(won=False, invalid=False, action=p.action)
+            info.update(kind=p.kind, error=env_error, turn=self.turns, env_error="retrieval_error")
+            return "", 0.0, False, True, info
         reward, terminated, obs = 0.0, False, ""
         if p.kind == "answer":
             reward = em_check(p.action, list(self.task.golden_answers))
@@ -123,6 +133,7 @@ class SearchEnvPool(SerialEnvPool):
         self.client = client
         self.system_prompt = protocol.SYSTEM_PROMPT
         self.retrieval_calls = 0  # HTTP batches issued (one per step with any search)
+        self.retrieval_errors = 0  # queries whose retrieval failed (the service was down after the retries)
 
     async def astep(self, slots: list[int], turn_texts: list[str]) -> list[StepResult]:
         check_step_args(slots, turn_texts)
@@ -131,7 +142,13 @@ class SearchEnvPool(SerialEnvPool):
         docs: list[list[dict[str, str]] | None] = [None] * len(pending)
         if asks:
             self.retrieval_calls += 1
-            got = await self.client.aretrieve([pending[i].query for i in asks])  # type: ignore[misc]
+            try:
+                got = await self.client.aretrieve([pending[i].query for i in asks])  # type: ignore[misc]
+            except SearchServiceError as e:  # the service is down (after the client's retries)
+                self.retrieval_errors += len(asks)
+                failed = set(asks)
+                return [self.envs[s]._finish(p, d, env_error=str(e) if i in failed else None)
+                        for i, (s, p, d) in enumerate(zip(slots, pending, docs))]
             for i, d in zip(asks, got):
                 docs[i] = d
         return [self.envs[s]._finish(p, d) for s, p, d in zip(slots, pending, docs)]
