@@ -73,7 +73,8 @@ def alpha_table(run_dirs: list[Path], alphas: list[float]) -> list[dict[str, flo
 
     from learner.stepopsd import shape_advantages
 
-    probes = [torch.load(d / "alpha_probe.pt", weights_only=False) for d in run_dirs if (d / "alpha_probe.pt").exists()]
+    probes = [torch.load(d / "alpha_probe.pt", weights_only=True)  # tensors, numbers, a string: no pickle needed
+              for d in run_dirs if (d / "alpha_probe.pt").exists()]
     if not probes:
         return []
     rows = []
