@@ -26,9 +26,19 @@ COMMAND_MODULES = [
 ]
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("stepopsd")
+    except PackageNotFoundError:  # run from a source tree that was not installed
+        return "0+unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stepopsd", description="StepOPSD actor/learner service for agent RL.")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an input error")
+    parser.add_argument("--version", action="version", version=f"stepopsd {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for mod_name in COMMAND_MODULES:
         try:
@@ -65,3 +75,7 @@ def _one_line(e: BaseException) -> str:
     cause, without the remote traceback."""
     cause = getattr(e, "cause", None)
     return str(cause if isinstance(cause, BaseException) else e).strip()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

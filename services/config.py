@@ -177,6 +177,33 @@ class ConfigError(ValueError):
     """A config problem, with the dotted field and value named."""
 
 
+def leaf_fields(model: type[BaseModel] = None, prefix: str = "") -> dict[str, Any]:  # type: ignore[assignment]
+    """Dotted key -> pydantic FieldInfo for every leaf of the tree (sections are walked into)."""
+    model = model or Config
+    out: dict[str, Any] = {}
+    for name, field in model.model_fields.items():
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            out.update(leaf_fields(ann, f"{prefix}{name}."))
+        else:
+            out[prefix + name] = field
+    return out
+
+
+def nearest_key(key: str) -> str | None:
+    """The valid dotted key closest to a mistyped one (same section first), or None."""
+    import difflib
+
+    keys = list(leaf_fields())
+    section = key.rsplit(".", 1)[0] + "." if "." in key else ""
+    same = [k for k in keys if k.startswith(section)] if section else keys
+    for pool in (same, keys):
+        hit = difflib.get_close_matches(key, pool, n=1, cutoff=0.6)
+        if hit:
+            return hit[0]
+    return None
+
+
 def _format_validation_error(err: ValidationError) -> str:
     lines = []
     for e in err.errors():
@@ -184,7 +211,8 @@ def _format_validation_error(err: ValidationError) -> str:
         val = e.get("input")
         val_s = repr(val) if not isinstance(val, dict) else "{...}"
         if e["type"] == "extra_forbidden":
-            lines.append(f"{loc}: unknown field (value {val_s})")
+            hint = nearest_key(loc)
+            lines.append(f"{loc}: unknown field (value {val_s})" + (f"; did you mean {hint}?" if hint else ""))
         else:
             lines.append(f"{loc} = {val_s}: {e['msg']}")
     return "invalid config:\n  " + "\n  ".join(lines)

@@ -14,21 +14,14 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
-from services.config import REMOVED_KEYS, Config, ConfigError, load_config
+from services.config import REMOVED_KEYS, Config, ConfigError, leaf_fields, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = {ROOT / "services" / "config.py", ROOT / "actors" / "config.py", *ROOT.glob("envs/*/config.py")}
 
 
-def _leaves(model: type[BaseModel], prefix: str = "") -> list[str]:
-    out = []
-    for name, field in model.model_fields.items():
-        ann = field.annotation
-        if isinstance(ann, type) and issubclass(ann, BaseModel):
-            out += _leaves(ann, f"{prefix}{name}.")
-        else:
-            out.append(prefix + name)
-    return out
+def _leaves(model: type[BaseModel] = Config) -> list[str]:
+    return list(leaf_fields(model))
 
 
 def _source() -> str:

@@ -85,3 +85,22 @@ def test_cli_config_errors_exit_2(capsys):
 def test_demo_runs(capsys):
     assert main(["demo"]) == 0
     assert "delta_std" in capsys.readouterr().out
+
+
+def test_cli_version_explain_and_nearest_key(capsys):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from services.cli import main
+
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-m", "services.cli", "--version"], cwd=root, capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.startswith("stepopsd ")  # `python -m services.cli` runs main
+    assert main(["config", "explain", "stepopsd.lambda_mix", "--set", "stepopsd.lambda_mix=0.3"]) == 0
+    got = capsys.readouterr().out
+    assert "lambda: mix of teacher-weighted advantage" in got and "default: 0.2" in got and "current: 0.3" in got
+    assert main(["config", "explain", "stepopsd.lamda_mix"]) == 2
+    assert "did you mean stepopsd.lambda_mix?" in capsys.readouterr().err
+    assert main(["train", "--set", "learner.lrr=1"]) == 2
+    assert "learner.lrr: unknown field (value 1); did you mean learner.lr?" in capsys.readouterr().err
