@@ -152,7 +152,7 @@ class Trainer:
         t_run = time.perf_counter()
         self.model_path = policy_model_path(cfg, log=self._log)
         before = self._held_out(self.model_path, "eval_before.json") if cfg.run.eval_episodes else None
-        self.report = StepReporter(cfg, rd, self._log, resume.history if resume else None)
+        self.report: StepReporter | None = None  # made once the fleet (and so Ray) is up: Ray metrics need ray.init
         self.recoveries = 0
         first_start: int | None = None
         self._stop: str | None = None
@@ -195,9 +195,11 @@ class Trainer:
         version, scored batches queued)."""
         cfg, rd = self.cfg, self.rundir
         fleet = self.fleet = build_fleet(cfg, self.model_path, str(rd.snapshot_path))
-        self.started_ray = fleet.started_ray
+        self.started_ray = getattr(self, "started_ray", False) or fleet.started_ray  # kept across recoveries
         self.actors = fleet.describe()
         self._log(describe_fleet(self.actors))
+        if self.report is None:
+            self.report = StepReporter(cfg, rd, self._log, resume.history if resume else None)
         self.task_ids = list(fleet.rollout.get(fleet.rollout.task_ids()))
         if not self.task_ids:
             raise RuntimeError("the environment offers no tasks")
