@@ -37,17 +37,24 @@ def remote_worker(cls: type[W], args: tuple[Any, ...], *, num_cpus: float, num_g
     return Handle(ray.remote(**opts)(cls).remote(*args), cls, remote=True)
 
 
-def is_actor_death(e: BaseException) -> bool:
-    """Whether `e` reports a dead actor: directly, as the cause of a task that consumed its result, or as the
-    cause of an error raised while talking to it (e.g. a checkpoint whose learner died mid-write)."""
+def actor_death(e: BaseException) -> BaseException | None:
+    """The RayActorError `e` reports -- `e` itself, the cause of a task that consumed the dead actor's result,
+    or what an error was raised from (e.g. a checkpoint whose learner died mid-write) -- or None."""
     try:
         from ray.exceptions import RayActorError
     except ImportError:  # pragma: no cover
-        return False
-    seen = 0
+        return None
     cur: BaseException | None = e
-    while cur is not None and seen < 10:
-        if isinstance(cur, RayActorError) or isinstance(getattr(cur, "cause", None), RayActorError):
-            return True
-        cur, seen = cur.__cause__, seen + 1
-    return False
+    for _ in range(10):
+        if cur is None:
+            return None
+        for cand in (cur, getattr(cur, "cause", None)):
+            if isinstance(cand, RayActorError):
+                return cand
+        cur = cur.__cause__
+    return None
+
+
+def is_actor_death(e: BaseException) -> bool:
+    """Whether `e` reports a dead actor (see `actor_death`)."""
+    return actor_death(e) is not None

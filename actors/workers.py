@@ -18,7 +18,9 @@ from typing import Any
 import torch
 
 from actors.config import LearnerConfig, ModelConfig, RolloutConfig
-from actors.handle import Handle, gather, returns
+from actors.handle import Handle, returns
+from actors.member import Member
+from actors.sharded_pool import ShardedPool
 from envs.base import EnvSpec
 from learner.scoring import ScoringOptions
 
@@ -43,45 +45,7 @@ def _seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def describe_process() -> dict[str, Any]:
-    """pid, host and (inside Ray) node id / IP of the calling process: what the driver lists per actor."""
-    import socket
-
-    info: dict[str, Any] = {"pid": os.getpid(), "host": socket.gethostname(), "node": socket.gethostname()}
-    try:
-        import ray
-
-        if ray.is_initialized():
-            ctx = ray.get_runtime_context()
-            info["node"] = ctx.get_node_id()
-            info["node_ip"] = ray.util.get_node_ip_address()
-    except ImportError:  # pragma: no cover
-        pass
-    info["cuda_devices"] = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    return info
-
-
-class _Member:
-    """What every worker answers: its process (for the driver's fleet listing) and, for the rollout workers,
-    teachers and learners, its membership of the run's torch.distributed world (actors/collective.py)."""
-
-    collective: Any = None
-
-    def getpid(self) -> int:
-        return os.getpid()
-
-    def describe(self) -> dict[str, Any]:
-        return describe_process()
-
-    def join(self, spec: Any, rank: int) -> int:
-        """Join the run's process groups as global `rank` (all members are called concurrently)."""
-        from actors.collective import Collective
-
-        self.collective = Collective(spec, rank, getattr(self, "device", "cpu"))
-        return rank
-
-
-class EnvPoolWorker(_Member):
+class EnvPoolWorker(Member):
     """Many envs of one kind in one process; wraps the env kind's pool (envs/registry.py)."""
 
     def __init__(self, spec: EnvSpec, num_envs: int, worker_index: int = 0) -> None:
@@ -104,63 +68,6 @@ class EnvPoolWorker(_Member):
         return self.pool.step(slots, texts)
 
 
-class ShardedPool:
-    """EnvPoolLike over several EnvPoolWorker handles (local or Ray): slot s -> shard s % n.
-
-    Calls to all shards are issued before any result is awaited, so Ray shards step in parallel.
-    """
-
-    def __init__(self, shards: list[Handle[EnvPoolWorker]], protocol: Any) -> None:
-        self.shards, self.protocol = shards, protocol
-        self.system_prompt = protocol.system_prompt
-        self._sizes = [int(x) for x in gather(shards, [s.num_envs() for s in shards])]
-
-    def num_envs(self) -> int:
-        n = len(self.shards)
-        return min(size * n for size in self._sizes)
-
-    def task_ids(self) -> list[str]:
-        return list(self.shards[0].get(self.shards[0].task_ids()))
-
-    def _split(self, slots: list[int], *cols: list[Any]) -> dict[int, tuple[list[int], list[int], list[list[Any]]]]:
-        n = len(self.shards)
-        parts: dict[int, tuple[list[int], list[int], list[list[Any]]]] = {}
-        for pos, s in enumerate(slots):
-            k = s % n
-            idx, local, data = parts.setdefault(k, ([], [], [[] for _ in cols]))
-            idx.append(pos)
-            local.append(s // n)
-            for c, col in zip(data, cols):
-                c.append(col[pos])
-        return parts
-
-    def _scatter(self, method: str, slots: list[int], *cols: list[Any]) -> list[Any]:
-        parts = self._split(slots, *cols)
-        keys = sorted(parts)
-        shards = [self.shards[k] for k in keys]
-        results = gather(shards, [getattr(self.shards[k], method)(parts[k][1], *parts[k][2]) for k in keys])
-        out: list[Any] = [None] * len(slots)
-        for k, res in zip(keys, results):
-            for pos, r in zip(parts[k][0], res):
-                out[pos] = r
-        return out
-
-    def reset(self, slots: list[int], task_ids: list[str], seeds: list[int]) -> list[Any]:
-        return self._scatter("reset", slots, task_ids, seeds)
-
-    def step(self, slots: list[int], texts: list[str]) -> list[Any]:
-        return self._scatter("step", slots, texts)
-
-    def parse(self, text: str) -> Any:
-        return self.protocol.parse(text)
-
-    def hindsight_block(self, actions: list[str]) -> str:
-        return self.protocol.hindsight_block(actions)
-
-    def teacher_user_message(self, first: str, block: str) -> str:
-        return self.protocol.teacher_user_message(first, block)
-
-
 def engine_options(model: ModelConfig, rollout: RolloutConfig) -> dict[str, Any]:
     """Engine-specific options from the config: HF gets its device; vLLM its engine arguments."""
     from actors.device import resolve_device
@@ -170,7 +77,7 @@ def engine_options(model: ModelConfig, rollout: RolloutConfig) -> dict[str, Any]
     return rollout.vllm.model_dump()
 
 
-class RolloutWorker(_Member):
+class RolloutWorker(Member):
     """Owns the rollout engine; drives episodes on its env shards; loads verified weights. In a fleet of N,
     each runs its share of a batch's GRPO groups (`group_base`): seeds and group ids are global, so the
     shares concatenate to what one worker would produce."""
@@ -254,7 +161,7 @@ def _is_actor_death(e: BaseException) -> bool:
     return isinstance(e, RayActorError)
 
 
-class TeacherWorker(_Member):
+class TeacherWorker(Member):
     """Holds the hindsight teacher (an HF or vLLM engine -- `stepopsd.teacher_engine` -- with snapshot weights;
     vLLM scores with prompt_logprobs) and runs the scoring stage: teacher
     log-probs for the rows that have a hindsight source, composed by `learner.scoring.score_batch`.
@@ -388,7 +295,7 @@ def _joined(parts: list[Any]) -> Any:
     return parts[0] if len(parts) == 1 else TrajectoryBatch.concat(parts)
 
 
-class LearnerWorker(_Member):
+class LearnerWorker(Member):
     """The torch model + AdamW; PPO updates on scored batches; publishes versioned weights.
 
     In a group of W (`learner.num_workers`) every rank holds a replica; after `join` the update is data
@@ -434,6 +341,9 @@ class LearnerWorker(_Member):
         self.probe = probe_ids(load_tokenizer(path))
         self.rank = rank
         self._published: tuple[dict[str, torch.Tensor], Any] | None = None
+        self._ckpt: dict[str, dict[str, torch.Tensor]] = {}  # kind -> tensors of the checkpoint being streamed out
+        self._restored_model: set[str] = set()  # weights received so far by restore_chunk
+        self._restored_opt: dict[str, torch.Tensor] = {}  # optimizer tensors received, applied by restore_end
 
     def dist_address(self) -> str:
         """host:port for the run's torch.distributed store (this actor is rank 0)."""
@@ -531,9 +441,9 @@ class LearnerWorker(_Member):
                                                             strict=False)
             if missing_ok.unexpected_keys:
                 raise KeyError(f"checkpoint weights not in the model: {missing_ok.unexpected_keys[:5]}")
-            self._restored_model = getattr(self, "_restored_model", set()) | set(tensors)
+            self._restored_model |= set(tensors)
         else:
-            self._restored_opt = {**getattr(self, "_restored_opt", {}), **tensors}
+            self._restored_opt.update(tensors)
         return len(tensors)
 
     def restore_end(self, meta: dict[str, Any]) -> int:
@@ -541,10 +451,9 @@ class LearnerWorker(_Member):
         from actors.state_io import unpack
 
         expected = set(self.learner.model.state_dict())
-        got = getattr(self, "_restored_model", set())
-        if got != expected:
-            raise KeyError(f"checkpoint lacks weights: {sorted(expected - got)[:5]}")
-        opt = getattr(self, "_restored_opt", {})
+        if self._restored_model != expected:
+            raise KeyError(f"checkpoint lacks weights: {sorted(expected - self._restored_model)[:5]}")
+        opt = self._restored_opt
         rng = opt.pop("torch_rng")
         state = unpack(opt, meta["optimizer"])  # AdamW's load_state_dict moves its state to the params' device
         self.learner.load_state(state)

@@ -131,3 +131,37 @@ class StepReporter:
     def close(self) -> None:
         if self.metrics is not None:
             self.metrics.close()
+
+
+def describe_fleet(actors: list[dict[str, Any]]) -> str:
+    """The console's fleet listing: one line per role, each actor as index:pid@node."""
+    lines = ["fleet:"]
+    for role in ("env", "rollout", "teacher", "learner"):
+        mine = [a for a in actors if a["role"] == role]
+        if mine:
+            res = mine[0].get("resources", {})
+            given = ", ".join(f"{k} {v}" for k, v in res.items() if v) or "-"
+            lines.append(f"  {role:<8} x{len(mine)} ({given}): " + "  ".join(
+                f"{a['index']}:pid {a['pid']}@{str(a['node'])[:12]}" for a in mine))
+    return "\n".join(lines)
+
+
+def merge_rollout_stats(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """One rollout-stats dict for a batch from its workers' parts: times are the slowest worker's (they run in
+    parallel), counts are summed, tokens/s is the fleet's; `workers` keeps each part (per-worker metrics)."""
+    if len(parts) == 1:
+        return {**parts[0], "workers": [dict(parts[0])]}
+    out: dict[str, Any] = {k: max(float(p.get(k, 0.0)) for p in parts)
+                           for k in ("rollout_seconds", "generate_seconds", "env_seconds")}
+    for k in ("generated_tokens", "context_truncated", "env_restarts", "env_errors"):
+        out[k] = sum(float(p.get(k, 0.0)) for p in parts)
+    out["tokens_per_s"] = out["generated_tokens"] / max(out["generate_seconds"], 1e-9)
+    out["workers"] = [dict(p) for p in parts]
+    return out
+
+
+def merge_sync(infos: list[dict[str, Any]]) -> dict[str, Any]:
+    """One weight-sync record from every rollout worker's verified load (slowest time, largest probe gap)."""
+    return {"version": infos[0].get("version"), "seconds": max(float(i.get("seconds", 0.0)) for i in infos),
+            "max_abs_diff": max(float(i.get("max_abs_diff", 0.0)) for i in infos),
+            "ok": all(bool(i.get("ok", True)) for i in infos), "workers": infos}

@@ -24,10 +24,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from actors.handle import gather
-from actors.ray_actors import is_actor_death
+from actors.ray_actors import actor_death, is_actor_death
 from learner.batch import ScoreStats
 from services.config import Config, ConfigError, dump_config, load_config
-from services.reporting import StepReporter
+from services.interrupt import TrainingInterrupted, stop_on_signals
+from services.reporting import StepReporter, describe_fleet, merge_rollout_stats, merge_sync
 from services.rundir import CHUNK_BYTES, SNAPSHOT, RunDir, read_tensor_files, save_learner
 from services.wiring import Fleet, build_fleet, heal_retrieval, policy_model_path, split_groups
 
@@ -40,55 +41,6 @@ def tasks_for_batch(task_ids: list[str], m: int, n: int, seed: int) -> list[str]
     if n <= len(task_ids):
         return rng.sample(task_ids, n)
     return [rng.choice(task_ids) for _ in range(n)]
-
-
-def describe_fleet(actors: list[dict[str, Any]]) -> str:
-    """The console's fleet listing: one line per role, each actor as index:pid@node."""
-    lines = ["fleet:"]
-    for role in ("env", "rollout", "teacher", "learner"):
-        mine = [a for a in actors if a["role"] == role]
-        if mine:
-            res = mine[0].get("resources", {})
-            given = ", ".join(f"{k} {v}" for k, v in res.items() if v) or "-"
-            lines.append(f"  {role:<8} x{len(mine)} ({given}): " + "  ".join(
-                f"{a['index']}:pid {a['pid']}@{str(a['node'])[:12]}" for a in mine))
-    return "\n".join(lines)
-
-
-def merge_rollout_stats(parts: list[dict[str, Any]]) -> dict[str, Any]:
-    """One rollout-stats dict for a batch from its workers' parts: times are the slowest worker's (they run in
-    parallel), counts are summed, tokens/s is the fleet's; `workers` keeps each part (per-worker metrics)."""
-    if len(parts) == 1:
-        return {**parts[0], "workers": [dict(parts[0])]}
-    out: dict[str, Any] = {k: max(float(p.get(k, 0.0)) for p in parts)
-                           for k in ("rollout_seconds", "generate_seconds", "env_seconds")}
-    for k in ("generated_tokens", "context_truncated", "env_restarts", "env_errors"):
-        out[k] = sum(float(p.get(k, 0.0)) for p in parts)
-    out["tokens_per_s"] = out["generated_tokens"] / max(out["generate_seconds"], 1e-9)
-    out["workers"] = [dict(p) for p in parts]
-    return out
-
-
-def merge_sync(infos: list[dict[str, Any]]) -> dict[str, Any]:
-    """One weight-sync record from every rollout worker's verified load (slowest time, largest probe gap)."""
-    return {"version": infos[0].get("version"), "seconds": max(float(i.get("seconds", 0.0)) for i in infos),
-            "max_abs_diff": max(float(i.get("max_abs_diff", 0.0)) for i in infos),
-            "ok": all(bool(i.get("ok", True)) for i in infos), "workers": infos}
-
-
-class TrainingInterrupted(KeyboardInterrupt):
-    """The run was stopped by a signal: after finishing step `step` and checkpointing it, or (second signal,
-    `step` None) abandoning the in-flight step; `checkpoint` is the last good one (None: there is none)."""
-
-    def __init__(self, signal_name: str, step: int | None, checkpoint: Path | None, run_dir: Path) -> None:
-        self.signal_name, self.step, self.checkpoint, self.run_dir = signal_name, step, checkpoint, run_dir
-        where = f"after step {step}" if step is not None else "mid-step (in-flight step abandoned)"
-        ck = f"checkpoint {checkpoint}" if checkpoint else "no checkpoint yet"
-        super().__init__(f"stopped by {signal_name} {where}; {ck}; resume with: stepopsd train --resume {run_dir}")
-
-    @property
-    def exit_code(self) -> int:
-        return 143 if self.signal_name == "SIGTERM" else 130
 
 
 class TrainHook(Protocol):
@@ -129,6 +81,7 @@ class Trainer:
         self.lookahead = min(cfg.pipeline.max_staleness, cfg.pipeline.rollout_queue_size - 1)
         self.fleet: Fleet | None = None
         self.actors: list[dict[str, Any]] = []
+        self.started_ray = False  # this run started the local Ray instance (it stops it on the way out)
         self._sent: list[Any] = []
         self.held_out_line: str | None = None
         self.eval_summary: dict[str, Any] | None = None
@@ -156,7 +109,7 @@ class Trainer:
         self.recoveries = 0
         first_start: int | None = None
         self._stop: str | None = None
-        restore = self._install_signal_handlers()
+        restore = stop_on_signals(self._request_stop)
         try:
             while True:
                 start, teacher_version, scored = self._start(resume)
@@ -195,7 +148,7 @@ class Trainer:
         version, scored batches queued)."""
         cfg, rd = self.cfg, self.rundir
         fleet = self.fleet = build_fleet(cfg, self.model_path, str(rd.snapshot_path))
-        self.started_ray = getattr(self, "started_ray", False) or fleet.started_ray  # kept across recoveries
+        self.started_ray |= fleet.started_ray  # a recovery's fleet joins the Ray the first one started
         self.actors = fleet.describe()
         self._log(describe_fleet(self.actors))
         if self.report is None:
@@ -305,37 +258,22 @@ class Trainer:
         return resume
 
     def _dead_actor(self, e: BaseException) -> str:
-        """The role of the actor whose death `e` reports (\"unknown\" when it cannot be told)."""
-        dead, cur = None, e
-        while cur is not None and not dead:  # the error itself, a task's cause, or what an error was raised from
-            dead = getattr(cur, "actor_id", None) or getattr(getattr(cur, "cause", None), "actor_id", None)
-            cur = cur.__cause__
+        """The role of the actor whose death `e` reports ("unknown" when it cannot be told)."""
+        death = actor_death(e)
+        dead = getattr(death, "actor_id", None)
+        dead = dead if isinstance(dead, str) or dead is None else dead.hex()
         if self.fleet is not None and dead:
             for role, _, h in self.fleet.members():
-                actor_id = getattr(getattr(h.target, "_actor_id", None), "hex", lambda: None)()
-                if actor_id and actor_id == (dead if isinstance(dead, str) else getattr(dead, "hex", lambda: "")()):
+                actor_id = getattr(h.target, "_actor_id", None)
+                if actor_id is not None and actor_id.hex() == dead:
                     return role
         return "unknown"
 
-    def _install_signal_handlers(self) -> Any:
-        """SIGINT / SIGTERM: finish the in-flight step, checkpoint, stop (first signal); abandon the step (second).
-        Only from the main thread (a Trainer run in a thread keeps the process's handlers). Returns a restorer."""
-        import signal
-        import threading
-
-        if threading.current_thread() is not threading.main_thread():
-            return lambda: None
-
-        def handler(signum: int, frame: Any) -> None:
-            name = signal.Signals(signum).name
-            if self._stop is not None:
-                raise KeyboardInterrupt(name)
-            self._stop = name
-            self._log(f"[yellow]{name}: finishing the current step, then checkpoint and stop "
-                      "(send it again to abandon the step)")
-
-        old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-        return lambda: [signal.signal(s, h) for s, h in old.items()]
+    def _request_stop(self, name: str) -> None:
+        """First SIGINT / SIGTERM: finish the step, checkpoint, stop (services/interrupt.py)."""
+        self._stop = name
+        self._log(f"[yellow]{name}: finishing the current step, then checkpoint and stop "
+                  "(send it again to abandon the step)")
 
     def _shutdown(self) -> None:
         """Stop every actor of the fleet and the local Ray instance this run started (a cluster it joined, or a
@@ -345,7 +283,7 @@ class Trainer:
                 self.fleet.shutdown()
             except Exception as e:  # noqa: BLE001 -- best effort on the way out
                 self._log(f"stopping the actors: {e}")
-        if getattr(self, "started_ray", False):
+        if self.started_ray:
             import ray
 
             ray.shutdown()

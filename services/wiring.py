@@ -28,11 +28,15 @@ def retrieval_url(cfg: Config) -> str:
     (kept for the life of this process; started once per (url, corpus, data))."""
     from services.search.launcher import ensure_service
 
-    sc = cfg.env.search
-    key = (sc.url, sc.corpus, sc.data)
+    key = _service_key(cfg)
     if key not in _SERVICES:
-        _SERVICES[key] = ensure_service(sc, cfg.model.cache_dir)
+        _SERVICES[key] = ensure_service(cfg.env.search, cfg.model.cache_dir)
     return _SERVICES[key][0]
+
+
+def _service_key(cfg: Config) -> tuple[str, str | None, str | None]:
+    sc = cfg.env.search
+    return (sc.url, sc.corpus, sc.data)
 
 
 def heal_retrieval(cfg: Config) -> str | None:
@@ -42,8 +46,7 @@ def heal_retrieval(cfg: Config) -> str | None:
     from envs.search.client import probe
     from services.search.launcher import ensure_service
 
-    sc = cfg.env.search
-    key = (sc.url, sc.corpus, sc.data)
+    sc, key = cfg.env.search, _service_key(cfg)
     if key not in _SERVICES or _SERVICES[key][1] is None:
         return None
     url, handle = _SERVICES[key]

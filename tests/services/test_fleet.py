@@ -13,7 +13,8 @@ from actors.handle import Handle
 from actors.workers import EnvPoolWorker, RolloutWorker, TeacherWorker
 from learner.batch import TrajectoryBatch
 from services.config import ConfigError, load_config
-from services.train import Trainer, merge_rollout_stats, merge_sync, tasks_for_batch
+from services.reporting import merge_rollout_stats, merge_sync
+from services.train import Trainer, tasks_for_batch
 from services.wiring import env_spec, scoring_options, split_groups
 from tests.services.test_pipeline_inprocess import BASE, _cfg, _final_weights
 

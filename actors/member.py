@@ -1,0 +1,47 @@
+"""What every worker answers besides its own job: its process (for the driver's fleet listing) and its
+membership of the run's torch.distributed world (actors/collective.py)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+
+
+def describe_process() -> dict[str, Any]:
+    """pid, host and (inside Ray) node id / IP of the calling process: what the driver lists per actor."""
+    import socket
+
+    info: dict[str, Any] = {"pid": os.getpid(), "host": socket.gethostname(), "node": socket.gethostname()}
+    try:
+        import ray
+
+        if ray.is_initialized():
+            ctx = ray.get_runtime_context()
+            info["node"] = ctx.get_node_id()
+            info["node_ip"] = ray.util.get_node_ip_address()
+    except ImportError:  # pragma: no cover
+        pass
+    info["cuda_devices"] = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return info
+
+
+class Member:
+    """What every worker answers: its process (for the driver's fleet listing) and, for the rollout workers,
+    teachers and learners, its membership of the run's torch.distributed world (actors/collective.py)."""
+
+    collective: Any = None
+
+    def getpid(self) -> int:
+        return os.getpid()
+
+    def describe(self) -> dict[str, Any]:
+        return describe_process()
+
+    def join(self, spec: Any, rank: int) -> int:
+        """Join the run's process groups as global `rank` (all members are called concurrently)."""
+        from actors.collective import Collective
+
+        self.collective = Collective(spec, rank, getattr(self, "device", "cpu"))
+        return rank
