@@ -320,6 +320,14 @@ def load_tokenizer(path: Path | str) -> Any:
     return tok
 
 
+def apply_lora(model: Any, lora: Any) -> Any:
+    """The learner's LoRA wrapping (peft, every linear layer) -- the same call builds the learner's model and
+    the exporter's, so a LoRA checkpoint's keys load into both."""
+    from peft import LoraConfig, get_peft_model
+
+    return get_peft_model(model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, target_modules="all-linear"))
+
+
 def load_hf_model(path: Path | str, dtype: str = "float32") -> Any:
     """An eval-mode causal LM from a model dir (or hub id) in `dtype` (float32 | bfloat16 | float16)."""
     import torch

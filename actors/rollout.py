@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,6 +52,7 @@ class _Episode:
     task_type: str = ""
     actions: list[str] = field(default_factory=list)
     observations: list[str] = field(default_factory=list)
+    turn_rewards: list[float] = field(default_factory=list)
     context_truncated: bool = False
     gen_tokens: int = 0
     env_error: bool = False  # the env failed (e.g. retrieval down), not the policy: left out of the advantages
@@ -68,6 +70,7 @@ class MultiTurnRollout:
         self.max_turns, self.max_context = max_turns, max_context
         self.sampling = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, stop=list(stop))
         self.last_stats: dict[str, float] = {}
+        self.on_turn: Callable[[int, int], None] | None = None  # (turns done, episodes finished): progress
 
     def encode(self, text: str) -> list[int]:
         return list(self.tok(text, add_special_tokens=False)["input_ids"])
@@ -125,6 +128,7 @@ class MultiTurnRollout:
             env_time += time.perf_counter() - te
             for e, out, (obs, rew, term, trunc, info) in zip(active, outs, results):
                 e.reward += float(rew)
+                e.turn_rewards.append(float(rew))
                 e.won = bool(info.get("won", False))
                 e.invalid += int(bool(info.get("invalid", False)))
                 # env-reported cumulative tool calls (Search-QA); otherwise every valid action is one env call
@@ -141,6 +145,8 @@ class MultiTurnRollout:
                 e.roles += [roles.OBSERVATION] * len(obs_ids)
                 e.steps += [-1] * len(obs_ids)
                 e.logp += [0.0] * len(obs_ids)
+            if self.on_turn is not None:
+                self.on_turn(turn + 1, sum(e.done for e in eps))
         batch = self._to_batch(eps, policy_version)
         n_tok = sum(e.gen_tokens for e in eps)
         wall = time.perf_counter() - t0
@@ -180,9 +186,17 @@ class MultiTurnRollout:
             first_user_messages=[e.first_user for e in eps], actions=[e.actions for e in eps],
             policy_version=policy_version, pad_id=int(pad),
             episode_ids=[uuid.uuid4().hex[:12] for _ in eps], observations=[e.observations for e in eps],
-            env_error=torch.tensor([e.env_error for e in eps]),
+            env_error=torch.tensor([e.env_error for e in eps]), turn_rewards=[e.turn_rewards for e in eps],
         )
         return batch.validate()
+
+
+def eval_tasks(all_tasks: list[str], episodes: int) -> list[str]:
+    """The `episodes` tasks an evaluation runs: spread over the sorted ids (grouped by type), one episode each;
+    the same list for every evaluation of a config (before / after / `stepopsd eval` / run.eval_every)."""
+    all_tasks = sorted(all_tasks)
+    stride = max(1, len(all_tasks) // max(episodes, 1))
+    return [all_tasks[(i * stride) % len(all_tasks)] for i in range(episodes)]
 
 
 def batch_metrics(batch: TrajectoryBatch) -> dict[str, Any]:
@@ -190,8 +204,11 @@ def batch_metrics(batch: TrajectoryBatch) -> dict[str, Any]:
     by_type: dict[str, list[float]] = {}
     for t, s in zip(batch.task_types, batch.success.tolist()):
         by_type.setdefault(t, []).append(float(s))
-    gen = batch.generated_mask.sum(-1).float()
+    mask = batch.generated_mask
+    gen = mask.sum(-1).float()
     return {
+        # mean -log p of the sampled tokens: a Monte-Carlo estimate of the sampling policy's per-token entropy
+        "sample_nll": float(-(batch.behaviour_logp * mask).sum() / mask.sum().clamp(min=1)),
         "success_rate": float(batch.success.float().mean()),
         "success_by_type": {k: sum(v) / len(v) for k, v in sorted(by_type.items())},
         "episode_length": float(batch.num_turns.float().mean()),
@@ -200,3 +217,32 @@ def batch_metrics(batch: TrajectoryBatch) -> dict[str, Any]:
         "invalid_action_rate": float(batch.invalid_actions.sum()) / max(int(batch.num_turns.sum()), 1),
         "episodes": float(batch.batch_size),
     }
+
+
+def transcripts(batch: TrajectoryBatch, decode: Callable[[list[int]], str]) -> list[dict[str, Any]]:
+    """One JSON-able record per episode: the prompt, then every model turn (decoded response, parsed action,
+    the env's observation and reward, and a summary of the sampled tokens' log-probs), the outcome."""
+    out = []
+    for b in range(batch.batch_size):
+        n = int(batch.lengths[b])
+        ids, steps, lp = batch.input_ids[b, :n], batch.step_ids[b, :n], batch.behaviour_logp[b, :n]
+        turns = []
+        for t in range(int(batch.num_turns[b])):
+            sel = steps == t
+            tl = lp[sel]
+            k = int(sel.sum())
+            turns.append({
+                "turn": t, "response": decode(ids[sel].tolist()),
+                "action": batch.actions[b][t] if t < len(batch.actions[b]) else "",
+                "observation": batch.observations[b][t] if batch.observations and t < len(batch.observations[b]) else "",
+                "reward": batch.turn_rewards[b][t] if batch.turn_rewards and t < len(batch.turn_rewards[b]) else None,
+                "tokens": k, "logp_sum": float(tl.sum()), "logp_mean": float(tl.mean()) if k else 0.0,
+                "logp_min": float(tl.min()) if k else 0.0})
+        out.append({
+            "episode_id": batch.episode_ids[b] if batch.episode_ids else str(b), "task_id": batch.task_ids[b],
+            "task_type": batch.task_types[b], "prompt": batch.first_user_messages[b], "turns": turns,
+            "reward": float(batch.rewards[b]), "success": bool(batch.success[b]), "num_turns": int(batch.num_turns[b]),
+            "invalid_actions": int(batch.invalid_actions[b]),
+            "env_error": bool(batch.env_error[b]) if batch.env_error is not None else False,
+            "policy_version": batch.policy_version})
+    return out

@@ -101,6 +101,8 @@ class RolloutWorker(Member):
         self.version = 0
         self.restarts_seen = 0
         self.device = engine_device(model, rollout.engine)
+        self.env, self.rollout_cfg, self.max_context = env, rollout, model.max_context
+        self._eval: Any = None  # (pool size, MultiTurnRollout on an in-process eval-split pool), made on first use
 
     def task_ids(self) -> list[str]:
         return self.pool.task_ids()
@@ -126,6 +128,23 @@ class RolloutWorker(Member):
                 attempts += 1
                 self.restarts_seen += 1
                 time.sleep(1.0)
+
+    def evaluate(self, episodes: int, first: int, count: int) -> Any:
+        """Greedy episodes on tasks [first, first + count) of the `episodes`-task evaluation list of the eval
+        split (actors.rollout.eval_tasks), with the weights this engine holds now (run.eval_every). Returns
+        the TrajectoryBatch (version = the engine's)."""
+        from actors.rollout import MultiTurnRollout, eval_tasks
+        from envs.registry import make_pool
+
+        if self._eval is None or self._eval[0] < count:
+            pool = make_pool(self.env, count, split="eval")
+            s = self.rollout_cfg.sampling
+            self._eval = (count, MultiTurnRollout(self.engine, pool, max_turns=self.rollout_cfg.max_turns,
+                                                  max_context=self.max_context, max_new_tokens=s.max_new_tokens,
+                                                  temperature=0.0, top_p=1.0, stop=s.stop))
+        ro = self._eval[1]
+        tasks = eval_tasks(ro.pool.task_ids(), episodes)[first:first + count]
+        return ro.run(tasks, 1, seed=self.seed, policy_version=self.version, group_base=first)
 
     def load_weights(self, packet: WeightsPacket) -> dict[str, Any]:
         info = self.engine.load_weights(packet.state_dict, packet.version, packet.probe_logp)
@@ -327,9 +346,9 @@ class LearnerWorker(Member):
             for p in ref.parameters():
                 p.requires_grad_(False)
         if lc.lora.enabled:
-            from peft import LoraConfig, get_peft_model
+            from actors.models import apply_lora
 
-            model = get_peft_model(model, LoraConfig(r=lc.lora.r, lora_alpha=lc.lora.alpha, target_modules="all-linear"))
+            model = apply_lora(model, lc.lora)
         if lc.gradient_checkpointing and hasattr(model, "gradient_checkpointing_enable"):
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             model.config.use_cache = False

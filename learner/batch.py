@@ -43,6 +43,7 @@ class TrajectoryBatch:
     episode_ids: list[str] = field(default_factory=list)  # (B,) unique episode ids (accounting: nothing lost)
     observations: list[list[str]] = field(default_factory=list)  # (B, turns) env text after each turn ("" if none)
     env_error: torch.Tensor | None = None  # (B,) bool, the env failed the episode (e.g. retrieval down): no advantage
+    turn_rewards: list[list[float]] = field(default_factory=list)  # (B, turns) env reward of each turn (sums to rewards)
 
     @property
     def batch_size(self) -> int:
@@ -78,7 +79,7 @@ class TrajectoryBatch:
         if self.env_error is not None and (self.env_error.shape != (B,) or self.env_error.dtype != torch.bool):
             raise ValueError(f"TrajectoryBatch.env_error: expected bool ({B},), got {self.env_error.dtype} "
                              f"{tuple(self.env_error.shape)}")
-        for name in ("episode_ids", "observations"):
+        for name in ("episode_ids", "observations", "turn_rewards"):
             if getattr(self, name) and len(getattr(self, name)) != B:
                 raise ValueError(f"TrajectoryBatch.{name}: expected {B} entries, got {len(getattr(self, name))}")
         if bool(((self.span_roles < 0) | (self.span_roles > roles.PAD)).any()):

@@ -58,13 +58,38 @@ def token_logprobs(model: nn.Module, input_ids: torch.Tensor, attention_mask: to
     `model(input_ids=..., attention_mask=...)` must return logits (B, T, V) or an object with `.logits`.
     Uses logit - logsumexp(logits) on the gathered token to avoid a full (B, T, V) log-softmax copy.
     """
+    return token_logprobs_entropy(model, input_ids, attention_mask, None)[0]
+
+
+def token_entropy(logits: torch.Tensor, chunk: int = 512) -> torch.Tensor:
+    """(N, V) logits -> (N,) float32 entropy H = logsumexp(z) - sum softmax(z) * z of each row, without
+    gradient, in chunks of `chunk` rows (no (N, V) probability copy beyond one chunk)."""
+    out = torch.empty(logits.shape[0], dtype=torch.float32, device=logits.device)
+    with torch.no_grad():
+        for i in range(0, logits.shape[0], chunk):
+            z = logits[i:i + chunk].float()  # (c, V)
+            lse = torch.logsumexp(z, dim=-1)  # (c,)
+            out[i:i + chunk] = lse - (torch.softmax(z, dim=-1) * z).sum(-1)
+    return out
+
+
+def token_logprobs_entropy(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                           entropy_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """As `token_logprobs`, plus (B, T) float32 policy entropy at the positions of `entropy_mask` (B, T) bool
+    (out[:, t] = entropy of the distribution token t was drawn from; 0 elsewhere -- everywhere when the mask
+    is None; no gradient)."""
     out = model(input_ids=input_ids, attention_mask=attention_mask.long())
     logits = out.logits if hasattr(out, "logits") else out
     logits = logits[:, :-1].float()  # (B, T-1, V)
     tgt = input_ids[:, 1:]  # (B, T-1)
     picked = torch.gather(logits, -1, tgt.unsqueeze(-1)).squeeze(-1)  # (B, T-1)
     lp = picked - torch.logsumexp(logits, dim=-1)
-    return torch.cat([torch.zeros_like(lp[:, :1]), lp], dim=1)
+    ent = torch.zeros_like(lp, dtype=torch.float32)  # (B, T-1)
+    sel = entropy_mask[:, 1:].bool() if entropy_mask is not None else None
+    if sel is not None and bool(sel.any()):
+        ent[sel] = token_entropy(logits.detach()[sel])
+    pad = torch.zeros_like(lp[:, :1])
+    return torch.cat([pad, lp], dim=1), torch.cat([pad.detach(), ent], dim=1)
 
 
 AllReduce = Callable[[list[torch.Tensor]], None]  # sums each tensor over the data-parallel ranks, in place
@@ -119,7 +144,8 @@ class Learner:
         # loss/pg_loss are the full-batch values (skipped rows add exactly 0); the PPO diagnostics are means
         # over the forwarded rows (a zero-advantage row's ratio says nothing about the update)
         totals: dict[str, float] = {"loss": 0.0, "pg_loss": 0.0}
-        diag = dict.fromkeys(("clip_frac", "approx_kl", "kl", "ratio_mean"), 0.0)
+        # entropy: token mean of the policy's entropy over the forwarded generated tokens (GRPO collapse shows here)
+        diag = dict.fromkeys(("clip_frac", "approx_kl", "kl", "ratio_mean", "entropy"), 0.0)
         tok = self.aggregation == "token_mean"
         grad_norm = 0.0
         for _ in range(self.ppo_epochs):
@@ -131,7 +157,7 @@ class Learner:
                 dev = self.device
                 ids, am, m = traj.input_ids[sl, :T_mb].to(dev), attn[sl, :T_mb].to(dev), m[:, :T_mb].to(dev)
                 with self._autocast():
-                    logp = token_logprobs(self.model, ids, am)  # (b, T_mb) float32
+                    logp, ent = token_logprobs_entropy(self.model, ids, am, m)  # (b, T_mb) float32 each
                     ref = None
                     if self.kl_coef > 0 and self.ref_model is not None:
                         with torch.no_grad():
@@ -140,6 +166,8 @@ class Learner:
                     logp, traj.behaviour_logp[sl, :T_mb].to(dev), scored.shaped_advantages[sl, :T_mb].to(dev), m,
                     clip_eps=self.ppo_clip, clip_eps_high=self.ppo_clip_high, aggregation=self.aggregation,
                     ref_logp=ref, kl_coef=self.kl_coef)
+                st["entropy"] = float((ent * m).sum() / m.sum().clamp(min=1)) if tok else float(
+                    ((ent * m).sum(-1) / m.sum(-1).clamp(min=1)).mean())
                 m_tok, m_rows = int(m.sum()), int(m.any(-1).sum())
                 scale = (m_tok / n_tok) if tok else (m_rows / n_rows)
                 (loss * scale).backward()
@@ -167,6 +195,7 @@ class Learner:
         out = {k: v / self.ppo_epochs for k, v in (totals | diag).items()}
         if not n_forwarded:
             out["ratio_mean"] = 1.0  # nothing forwarded: the policy is unchanged on every row
+            out.pop("entropy")  # not measured (no token was forwarded)
         out["grad_norm"] = grad_norm
         out["trained_tokens"] = float(n_tok)
         out["skipped_rows"] = float(skipped)

@@ -20,6 +20,8 @@ COMMAND_MODULES = [
     "actors.cli",  # model prepare
     "services.rollout_cli",  # rollout, sft
     "services.train_cli",  # train
+    "services.export",  # export
+    "services.eval_cli",  # eval
     "services.experiment",  # experiment
     "services.diagnose",  # diagnose localize | make-cases
     "services.placement",  # cluster check

@@ -33,6 +33,10 @@ class RunConfig(_Base):
     dir: str = Field("runs/default", description="Run directory: resolved config, metrics.jsonl, checkpoints, plots.")
     seed: int = Field(0, description="Global seed (torch, numpy, python, task sampling, env seeds).")
     name: str = Field("stepopsd", description="Human-readable run name used in logs and metric labels.")
+    trackers: list[Literal["jsonl", "tensorboard", "wandb", "mlflow"]] = Field(
+        default_factory=lambda: ["jsonl"],
+        description="Experiment trackers fed the same per-step scalars: jsonl (RUN/metrics.jsonl, always written: resume reads it), tensorboard (RUN/tensorboard), wandb (metrics.wandb_*; offline by default), mlflow (metrics.mlflow_*; a file store in RUN/mlruns by default).")
+    eval_every: int = Field(0, ge=0, description="Every K learner steps, evaluate the current policy greedily on run.eval_episodes tasks of the eval split (on the rollout workers, with the weights just published) and log it as eval/* metrics; 0 = off.")
     eval_episodes: int = Field(0, ge=0, description="Held-out evaluation (greedy, split eval) of the starting policy before RL and of the final policy after it, printed as `held-out success: before X -> after Y (N episodes)`; 0 = off.")
 
 
@@ -94,6 +98,10 @@ class MetricsConfig(_Base):
     prometheus_port: int | None = Field(None, ge=0, le=65535, description="In-process runs: expose metrics with prometheus-client on 127.0.0.1:PORT (None = off).")
     ray_metrics: bool = Field(True, description="Ray runs: record ray.util.metrics (exported by Ray's metrics agent).")
     log_every: int = Field(1, ge=1, description="Console line every N steps.")
+    wandb_project: str = Field("stepopsd", description="run.trackers wandb: the W&B project.")
+    wandb_mode: Literal["offline", "online", "disabled"] = Field("offline", description="run.trackers wandb: offline writes RUN/wandb/offline-run-* (upload later with `wandb sync`); online needs WANDB_API_KEY and network.")
+    mlflow_tracking_uri: str | None = Field(None, description="run.trackers mlflow: tracking URI (None = a file store in RUN/mlruns; a server: http://host:5000).")
+    mlflow_experiment: str = Field("stepopsd", description="run.trackers mlflow: the experiment name.")
 
 
 class CheckpointConfig(_Base):
@@ -136,6 +144,9 @@ class Config(_Base):
 
     @model_validator(mode="after")
     def _fleet_needs_ray(self) -> Config:
+        if self.run.eval_every and not self.run.eval_episodes:
+            raise ValueError(f"run.eval_every = {self.run.eval_every} needs run.eval_episodes > 0 (how many "
+                             "held-out episodes each evaluation runs)")
         if self.pipeline.mode != "ray":
             if self.learner.num_workers > 1:
                 raise ValueError(f"learner.num_workers = {self.learner.num_workers} needs pipeline.mode: ray "

@@ -122,7 +122,7 @@ def run_one(cfg: Any, arm: str, base_path: Path, n_eval: int, keep_checkpoints: 
     run_dir = tr.run()
     _shutdown(tr)
     wall = time.perf_counter() - t0
-    hf = tr.rundir.export_hf(cfg.run.steps, base_path)
+    hf = run_dir / "final_hf"  # written by the run (services/export.py)
     ev = evaluate(cfg, hf, n_eval, split="eval", engine=cfg.rollout.engine, temperature=0.0)
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     res = {"fingerprint": fp, "eval": ev, "train_seconds": wall, "curve": [

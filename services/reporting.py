@@ -10,7 +10,7 @@ from learner.batch import ScoreStats
 from services.config import Config
 from services.rundir import RunDir
 
-UPDATE_KEYS = ("loss", "grad_norm", "approx_kl", "kl", "skipped_rows")
+UPDATE_KEYS = ("loss", "grad_norm", "approx_kl", "kl", "skipped_rows", "entropy")
 
 
 class StepReporter:
@@ -20,6 +20,10 @@ class StepReporter:
         self.history: list[dict[str, Any]] = list(history or [])
         self.metrics: Any = None
         mc = cfg.metrics
+        from services.trackers import Trackers
+
+        self.trackers = Trackers(cfg.run.trackers, run_dir.root, run_name=cfg.run.name, config=cfg.model_dump(mode="json"),
+                                 mc=mc, resume=history is not None, log=log)
         try:
             from services.metrics import Metrics
         except ImportError:
@@ -68,6 +72,7 @@ class StepReporter:
     def emit(self, row: dict[str, Any]) -> None:
         self.history.append(row)
         self.run_dir.append_metrics(row)
+        self.trackers.log(row["step"], row)
         if self.metrics is not None:
             vals = {k: float(v) for k, v in row.items()
                     if isinstance(v, int | float) and not isinstance(v, bool) and k not in ("episodes", "time", "step")}
@@ -129,6 +134,7 @@ class StepReporter:
         plt.close(fig)
 
     def close(self) -> None:
+        self.trackers.close()
         if self.metrics is not None:
             self.metrics.close()
 

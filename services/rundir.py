@@ -142,6 +142,9 @@ class RunDir:
         else:
             self.snapshot_path.unlink(missing_ok=True)
             self.metrics_path.unlink(missing_ok=True)
+            # a fresh run's trackers start fresh runs too (W&B / MLflow keep the old runs in their stores)
+            (self.root / "trackers.json").unlink(missing_ok=True)
+            shutil.rmtree(self.root / "tensorboard", ignore_errors=True)
         (self.root / "config.yaml").write_text(config_yaml)
         return state
 
@@ -232,20 +235,6 @@ class RunDir:
             checkpoint=ck, next_step=int(st["next_step"]), teacher_version=int(st["teacher_version"]),
             schedule=st["schedule"], history=history, pending_rollouts=pending["rollouts"],
             pending_scored=[tuple(x) for x in pending["scored"]])
-
-    def export_hf(self, step: int, base: Path) -> Path:
-        """`final_hf/`: an HF model dir = the starting model's config/tokenizer files + step N's weights."""
-        out = self.root / "final_hf"
-        shutil.rmtree(out, ignore_errors=True)
-        out.mkdir(parents=True)
-        for f in Path(base).iterdir():
-            if f.is_file() and not f.name.endswith((".safetensors", ".bin")) and f.name != "model.safetensors.index.json":
-                shutil.copy2(f, out / f.name)
-        ck = self.ckpt_root / f"step_{step}"
-        for f in ck.iterdir():  # model.safetensors, or its shards + index (HF's sharded layout)
-            if f.name.startswith("model") and f.name.endswith((".safetensors", ".safetensors.index.json")):
-                shutil.copy2(f, out / f.name)
-        return out
 
     def drop_resume_state(self) -> None:
         """Delete what only a resume needs (checkpoints/, the teacher snapshot) once a run is finished and its

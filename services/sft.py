@@ -111,7 +111,10 @@ def sft_train(model: torch.nn.Module, batch: Any, *, epochs: int, lr: float, mic
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
     mask_all, attn_all = batch.generated_mask, batch.attention_mask
     losses = []
-    t0 = time.perf_counter()
+    from envs.progress import Progress
+
+    per_epoch = -(-batch.batch_size // micro_batch_size)
+    bar = Progress("sft", epochs * per_epoch, "micro-batches")
     model.train()
     for ep in range(epochs):
         perm = torch.randperm(batch.batch_size, generator=g).tolist()
@@ -130,11 +133,10 @@ def sft_train(model: torch.nn.Module, batch: Any, *, epochs: int, lr: float, mic
             opt.step()
             tot += float(loss.detach())
             n += 1
-            if n % 10 == 0:
-                log(f"sft epoch {ep + 1}/{epochs}: {min(s + micro_batch_size, len(perm))}/{len(perm)} sequences, "
-                    f"loss {tot / n:.4f}, {time.perf_counter() - t0:.0f}s")
+            bar.advance(1, f"epoch {ep + 1}/{epochs} loss {tot / n:.4f}")
         losses.append(tot / max(n, 1))
-        log(f"sft epoch {ep + 1}/{epochs}: loss {losses[-1]:.4f}")
+    bar.close()
+    log("sft: loss per epoch " + " ".join(f"{x:.4f}" for x in losses))
     return losses
 
 
@@ -181,10 +183,13 @@ def ensure_sft_model(cfg: Config, log: Any = print) -> Path:
 
 
 def evaluate(cfg: Config, model_path: str | Path, episodes: int, split: str = "eval", engine: str = "hf",
-             temperature: float | None = None) -> dict[str, Any]:
-    """Success of `model_path` on `episodes` tasks of `split` (one episode per task; greedy by default)."""
+             temperature: float | None = None, transcripts: str | Path | None = None) -> dict[str, Any]:
+    """Success of `model_path` on `episodes` tasks of `split` (one episode per task; greedy by default). With
+    `transcripts`, every episode is written there as one JSON line (actors/rollout.transcripts)."""
     from actors.engines import build_engine
-    from actors.rollout import MultiTurnRollout, batch_metrics
+    from actors.rollout import MultiTurnRollout, batch_metrics, eval_tasks
+    from actors.rollout import transcripts as episode_records
+    from envs.progress import Progress
     from envs.registry import make_pool
     from services.wiring import env_spec
 
@@ -198,12 +203,19 @@ def evaluate(cfg: Config, model_path: str | Path, episodes: int, split: str = "e
     ro = MultiTurnRollout(eng, pool, max_turns=cfg.rollout.max_turns, max_context=cfg.model.max_context,
                           max_new_tokens=s.max_new_tokens, temperature=s.temperature if temperature is None else temperature,
                           top_p=s.top_p, stop=s.stop)
-    all_tasks = sorted(pool.task_ids())
-    stride = max(1, len(all_tasks) // max(episodes, 1))  # spread over task types (ids are grouped by type)
-    tasks = [all_tasks[(i * stride) % len(all_tasks)] for i in range(episodes)]
+    tasks = eval_tasks(pool.task_ids(), episodes)
     t0 = time.perf_counter()
-    batch = ro.run(tasks, 1, seed=cfg.run.seed, policy_version=0)
+    with Progress("held-out eval" if split == "eval" else f"eval ({split} split)", cfg.rollout.max_turns, "turns") as bar:
+        ro.on_turn = lambda turn, done: bar.update(turn, f"{done}/{len(tasks)} episodes finished")
+        batch = ro.run(tasks, 1, seed=cfg.run.seed, policy_version=0)
     m = batch_metrics(batch)
     m["seconds"] = time.perf_counter() - t0
+    if transcripts is not None:
+        out = Path(transcripts)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        decode = lambda ids: eng.tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
+        with open(out, "w") as f:
+            for rec in episode_records(batch, decode):
+                f.write(json.dumps({"model": str(model_path), "split": split, **rec}) + "\n")
     m.update({k: ro.last_stats[k] for k in ("tokens_per_s", "generate_seconds", "env_seconds")})
     return m

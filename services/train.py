@@ -104,6 +104,9 @@ class Trainer:
         self.memwatch = MemWatch().start()
         t_run = time.perf_counter()
         self.model_path = policy_model_path(cfg, log=self._log)
+        from services.export import BASE_FILE
+
+        rd.write_json(BASE_FILE, {"model_path": str(self.model_path)})  # what `stepopsd export` loads weights into
         before = self._held_out(self.model_path, "eval_before.json") if cfg.run.eval_episodes else None
         self.report: StepReporter | None = None  # made once the fleet (and so Ray) is up: Ray metrics need ray.init
         self.recoveries = 0
@@ -132,7 +135,10 @@ class Trainer:
             restore()
         fleet = self.fleet
         assert fleet is not None
-        final = rd.export_hf(cfg.run.steps, Path(self.model_path))
+        from services.export import export_checkpoint
+
+        ck = rd.ckpt_root / f"step_{cfg.run.steps}"
+        final = export_checkpoint(ck, rd.root / "final_hf", cfg, str(self.model_path), log=self._log)
         self._log(f"final policy: {final}")
         if before is not None:
             fleet.shutdown()  # free the actors' memory and cores for the evaluation
@@ -211,6 +217,8 @@ class Trainer:
                 # 4. publish W_{n+1}: to every rollout engine (verified), then the next rollouts; teachers every K
                 refreshed = (n + 1) % cfg.stepopsd.teacher_refresh_every == 0
                 sync_refs, refresh_refs = self._publish(refreshed)
+                # run.eval_every: greedy held-out episodes with W_{n+1}, queued right behind its load
+                evals = self._eval_submit() if cfg.run.eval_every and (n + 1) % cfg.run.eval_every == 0 else None
                 self._launch_until(n + 1 + self.lookahead)
                 if refreshed:
                     gather(fleet.teachers, refresh_refs)
@@ -229,7 +237,13 @@ class Trainer:
                                       time.perf_counter() - t_step, time.perf_counter() - t_wait, refreshed,
                                       len(self.rollouts))
                 row["recoveries"] = self.recoveries  # fleet rebuilds so far in this run (pipeline.max_recoveries)
+                if evals is not None:
+                    row["eval"] = self._eval_collect(evals)
                 self.report.emit(row)
+                if "eval" in row:
+                    m = row["eval"]
+                    self._log(f"eval {n + 1:>5} | held-out success {m['success_rate']:.3f} ({int(m['episodes'])} episodes, "
+                              "greedy) | " + " ".join(f"{t} {v:.2f}" for t, v in m["success_by_type"].items()))
                 advance(n + 1)
                 saved = (n + 1) % cfg.checkpoint.every == 0 or n + 1 == cfg.run.steps
                 if saved:
@@ -292,6 +306,22 @@ class Trainer:
         from services.heldout import held_out
 
         return held_out(self.cfg, model_path, self.cfg.run.eval_episodes, self.rundir.root / name, log=self._log)
+
+    def _eval_submit(self) -> list[Any]:
+        """Split the run.eval_episodes held-out tasks over the rollout workers (each evaluates its share with
+        the weights it holds, greedy)."""
+        n, workers = self.cfg.run.eval_episodes, self.fleet.rollouts  # type: ignore[union-attr]
+        return [w.evaluate(n, first, size) for w, (first, size) in zip(workers, split_groups(n, len(workers))) if size]
+
+    def _eval_collect(self, refs: list[Any]) -> dict[str, Any]:
+        from actors.rollout import batch_metrics
+        from learner.batch import TrajectoryBatch
+
+        t0 = time.perf_counter()
+        parts = gather(self.fleet.rollouts, refs)  # type: ignore[union-attr]
+        m = batch_metrics(parts[0] if len(parts) == 1 else TrajectoryBatch.concat(parts))
+        m["wait_seconds"] = time.perf_counter() - t0
+        return m
 
     def _launch_until(self, limit: int) -> None:
         """Submit rollouts up to batch `limit` (they queue behind the weight loads already submitted)."""

@@ -74,7 +74,10 @@ def case_pool(spec: EnvSpec, cases: list[dict[str, Any]], base_dir: Path) -> tup
 
     tasks = case_tasks(cases)
     turns = max([spec.max_turns] + [len(c[k]) for c in cases for k in ("actions", "reference_actions")])
-    return SearchEnvPool(tasks, client_for(_opts(spec)), 1, max_turns=turns), [t.id for t in tasks]
+    opts = _opts(spec)
+    pool = SearchEnvPool(tasks, client_for(opts), 1, max_turns=turns, reward=opts.reward,
+                         success_threshold=opts.success_threshold)
+    return pool, [t.id for t in tasks]
 
 
 def script_turns(spec: EnvSpec, actions: list[str]) -> list[str]:

@@ -6,7 +6,9 @@ The env only ever *talks* to `url`; starting a local service when none answers i
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from envs.search.reward import RewardSpecError, resolve_reward
 
 
 class SearchEnvConfig(BaseModel):
@@ -14,9 +16,20 @@ class SearchEnvConfig(BaseModel):
 
     url: str = Field("http://127.0.0.1:8000/retrieve", description="Search-R1-compatible retrieval endpoint.")
     topk: int = Field(3, ge=1, le=50, description="Passages retrieved per query.")
-    data: str | None = Field(None, description="Dataset file (Search-R1 parquet or FlashRAG jsonl); None = synthetic KB questions (their training four fifths; see eval_data).")
+    data: str | None = Field(None, description="Dataset: a Search-R1/verl parquet, FlashRAG jsonl, HF-style .json/.jsonl/.parquet file or a datasets save_to_disk dir (a DatasetDict gives its train split here, its eval/validation/dev/test split for evaluation); format detected from the columns, docs/search_data.md. None = synthetic KB questions (their training four fifths; see eval_data).")
     eval_data: str | None = Field(None, description="Held-out dataset for evaluation (split eval: `stepopsd experiment`, `sft --eval-episodes`); None = the synthetic KB's held-out fifth when `data` is None, else `data` itself.")
     corpus: str | None = Field(None, description="Corpus jsonl / index dir; None = the built-in corpus for the dataset.")
     timeout_s: float = Field(10.0, gt=0, description="HTTP timeout per retrieval call.")
     retries: int = Field(3, ge=0, description="Bounded retries with backoff on retrieval errors.")
+    reward: str = Field("em", description="Reward of an answer turn: 'em' (exact match after SQuAD/Search-R1 normalisation, 0/1), 'f1' (SQuAD token F1 vs the best gold answer, in [0, 1]) or 'module:function', an importable fn(prediction: str, golden_answers: list[str], question: str) -> float (prediction = the last <answer> content); checked when the config loads.")
+    success_threshold: float = Field(1.0, allow_inf_nan=False, description="An episode is won (success_rate, the successful siblings the hindsight teacher is shown, the SFT replays kept) when its answer reward >= this, for reward 'f1' and plug-ins; for 'em' won is always the exact match. 1.0 with 'f1' = every gold token and no other.")
     start_service: bool = Field(True, description="The driver starts a local retrieval service if none answers at `url` (the env itself only speaks HTTP).")
+
+    @field_validator("reward")
+    @classmethod
+    def _reward_resolves(cls, v: str) -> str:
+        try:
+            resolve_reward(v)
+        except RewardSpecError as e:
+            raise ValueError(e.reason) from None
+        return v

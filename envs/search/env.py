@@ -2,7 +2,9 @@
 
 Episode: reset -> first user message = Search-R1 prompt with the question. Each step takes the model's turn:
   search turn  -> observation `<information>Doc 1(Title: ...) ...</information>`, reward 0, tool_calls += 1
-  answer turn  -> terminated, reward = EM(last <answer>, gold answers) in {0, 1}, observation ""
+  answer turn  -> terminated, reward = the configured reward of (last <answer>, gold answers, question) --
+                  EM in {0, 1} by default, F1 or a user plug-in (`reward.resolve_reward`) -- observation "";
+                  won = the exact match for EM, reward >= success_threshold otherwise
   invalid turn -> Search-R1's corrective message, reward 0, info["invalid"] = True
 The episode is truncated after `max_turns` turns without an answer (reward 0); the search of that last turn is
 not executed (as Search-R1's final rollout turn runs without search), so its observation is "".
@@ -21,7 +23,7 @@ from envs.pool import SerialEnvPool, StepResult, check_step_args
 from envs.search import protocol
 from envs.search.client import RetrievalClient, SearchServiceError, run_sync
 from envs.search.data import QATask
-from envs.search.reward import em_check
+from envs.search.reward import RewardFn, em_reward, resolve_reward
 
 
 @dataclass
@@ -33,7 +35,9 @@ class _Pending:
 class SearchEnv:
     system_prompt = protocol.SYSTEM_PROMPT
 
-    def __init__(self, tasks: list[QATask], client: RetrievalClient | None, max_turns: int = 4) -> None:
+    def __init__(self, tasks: list[QATask], client: RetrievalClient | None, max_turns: int = 4,
+                 reward: str | RewardFn = "em", success_threshold: float = 1.0) -> None:
+        """`reward`: an `env.search.reward` spec ('em', 'f1', 'module:function') or the function itself."""
         if not tasks:
             raise ValueError("SearchEnv needs at least one task")
         if max_turns < 1:
@@ -41,6 +45,8 @@ class SearchEnv:
         self.tasks = {t.id: t for t in tasks}
         self._ids = [t.id for t in tasks]
         self.client, self.max_turns = client, max_turns
+        self.reward_fn = resolve_reward(reward) if isinstance(reward, str) else reward
+        self.success_threshold = success_threshold
         self.task: QATask | None = None
         self.turns = self.tool_calls = 0
         self.done = True
@@ -101,9 +107,10 @@ class SearchEnv:
             info = self._info(won=False, invalid=False, action=p.action)
             info.update(kind=p.kind, error=env_error, turn=self.turns, env_error="retrieval_error")
             return "", 0.0, False, True, info
-        reward, terminated, obs = 0.0, False, ""
+        reward, terminated, obs, won = 0.0, False, "", False
         if p.kind == "answer":
-            reward = em_check(p.action, list(self.task.golden_answers))
+            reward = float(self.reward_fn(p.action, list(self.task.golden_answers), self.task.question))
+            won = reward == 1.0 if self.reward_fn is em_reward else reward >= self.success_threshold
             terminated = True
         elif p.kind == "search" and docs is not None:
             self.tool_calls += 1
@@ -114,7 +121,7 @@ class SearchEnv:
         if truncated:
             obs = ""
         self.done = terminated or truncated
-        info = self._info(won=reward == 1.0, invalid=not p.valid, action=p.action)
+        info = self._info(won=won, invalid=not p.valid, action=p.action)
         info.update(kind=p.kind, error=p.error, turn=self.turns)
         return obs, reward, terminated, truncated, info
 
@@ -128,8 +135,10 @@ class SearchEnvPool(SerialEnvPool):
     """EnvPoolLike over SearchEnvs; each `step` sends all slots' queries in ONE async batched retrieval.
     num_envs / task_ids / reset / parse / hindsight come from SerialEnvPool; step is overridden."""
 
-    def __init__(self, tasks: list[QATask], client: RetrievalClient, num_envs: int, max_turns: int = 4) -> None:
-        super().__init__(lambda: SearchEnv(tasks, client, max_turns), num_envs)
+    def __init__(self, tasks: list[QATask], client: RetrievalClient, num_envs: int, max_turns: int = 4,
+                 reward: str | RewardFn = "em", success_threshold: float = 1.0) -> None:
+        fn = resolve_reward(reward) if isinstance(reward, str) else reward  # once, shared by every env
+        super().__init__(lambda: SearchEnv(tasks, client, max_turns, fn, success_threshold), num_envs)
         self.client = client
         self.system_prompt = protocol.SYSTEM_PROMPT
         self.retrieval_calls = 0  # HTTP batches issued (one per step with any search)

@@ -16,6 +16,7 @@ from envs.search.client import RetrievalClient, SearchServiceError, probe
 from envs.search.config import SearchEnvConfig
 from envs.search.data import QATask, load_tasks
 from envs.search.env import SearchEnvPool
+from envs.search.reward import resolve_reward
 
 log = logging.getLogger(__name__)
 SYNTHETIC_CORPUS = "synthetic-s0"  # the /health name of the synthetic KB's index
@@ -24,7 +25,8 @@ SYNTHETIC_CORPUS = "synthetic-s0"  # the /health name of the synthetic KB's inde
 def load_split_tasks(cfg: SearchEnvConfig, cache_dir: str | Path, split: str = "train") -> list[QATask]:
     """The questions of `split` ("train" | "eval"): the synthetic KB's questions are split by id
     (`synthetic.split_of`, one in five held out); a dataset file is used as is for training, and
-    `eval_data` (else `data`) for evaluation."""
+    `eval_data` (else `data`) for evaluation; a DatasetDict directory gives the split of that name
+    (`data.load_hf_dir`: "eval" picks eval / validation / valid / val / dev / test)."""
     from envs.search.synthetic import ensure_synthetic_kb, split_of
 
     if split not in ("train", "eval"):
@@ -32,7 +34,7 @@ def load_split_tasks(cfg: SearchEnvConfig, cache_dir: str | Path, split: str = "
     if cfg.data is None:
         _, questions = ensure_synthetic_kb(cache_dir, 0)
         return [t for t in load_tasks(questions) if split_of(t.id) == split]
-    return load_tasks(cfg.eval_data if split == "eval" and cfg.eval_data else cfg.data)
+    return load_tasks(cfg.eval_data if split == "eval" and cfg.eval_data else cfg.data, split=split)
 
 
 def client_for(cfg: SearchEnvConfig) -> RetrievalClient:
@@ -42,6 +44,7 @@ def client_for(cfg: SearchEnvConfig) -> RetrievalClient:
 
 def build_search_pool(cfg: SearchEnvConfig, cache_dir: str | Path, num_envs: int = 1,
                       max_turns: int = 4, split: str = "train") -> SearchEnvPool:
+    reward = resolve_reward(cfg.reward)  # a bad spec fails before any data or service is touched
     tasks = load_split_tasks(cfg, cache_dir, split)
     health = probe(cfg.url, min(cfg.timeout_s, 2.0))
     if health is None:
@@ -52,4 +55,5 @@ def build_search_pool(cfg: SearchEnvConfig, cache_dir: str | Path, num_envs: int
     if cfg.corpus is None and cfg.data is None and health.get("name") not in (None, SYNTHETIC_CORPUS):
         log.warning("search: the service at %s serves corpus %r, the tasks expect %r", cfg.url, health["name"],
                     SYNTHETIC_CORPUS)
-    return SearchEnvPool(tasks, client_for(cfg), num_envs, max_turns=max_turns)
+    return SearchEnvPool(tasks, client_for(cfg), num_envs, max_turns=max_turns, reward=reward,
+                         success_threshold=cfg.success_threshold)

@@ -1,0 +1,84 @@
+"""Units of the run tools: tracker scalars, progress lines with ETA, transcripts, config checks, export errors."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+
+from envs.progress import Progress, eta_seconds
+
+
+def test_scalars_flatten_types_and_eval():
+    from services.trackers import scalars
+
+    row = {"step": 3, "time": 1e9, "success_rate": 0.5, "teacher_refreshed": True, "episode_ids": ["a"],
+           "success_by_type": {"pick_and_place": 1.0, "odd type!": 0.0},
+           "eval": {"success_rate": 0.25, "episodes": 8.0, "success_by_type": {"x": 0.5}}}
+    got = scalars(row)
+    assert got == {"success_rate": 0.5, "teacher_refreshed": 1.0, "success_by_type/pick_and_place": 1.0,
+                   "success_by_type/odd type_": 0.0, "eval/success_rate": 0.25, "eval/episodes": 8.0,
+                   "eval/success_by_type/x": 0.5}
+
+
+def test_eta_and_plain_progress_lines(monkeypatch):
+    assert eta_seconds(0, 10, 5.0) is None
+    assert eta_seconds(2, 10, 4.0) == pytest.approx(16.0)
+    clock = iter([0.0, 5.0, 12.0, 12.0, 13.0, 30.0])  # init, advance, advance (+ its line), advance, close
+    monkeypatch.setattr("envs.progress.time.perf_counter", lambda: next(clock))
+    out = io.StringIO()
+    p = Progress("sft", 4, "micro-batches", every_s=10.0, stream=out, tty=False)
+    p.advance(1)  # t=5: quiet (< 10 s since start)
+    p.advance(1, "loss 1.2")  # t=12: a line, ETA = 12 * 2 / 2 = 12 s
+    p.advance(1)  # t=13: quiet
+    p.close()  # t=30
+    lines = out.getvalue().splitlines()
+    assert lines == ["sft: 2/4 micro-batches | 12s elapsed | ETA 12s | loss 1.2", "sft: 3/4 micro-batches in 30s | loss 1.2"]
+
+
+def test_transcripts_of_a_batch():
+    from actors.rollout import transcripts
+    from learner import roles
+    from learner.batch import TrajectoryBatch
+
+    P, G, O = roles.PROMPT, roles.GENERATED_OTHER, roles.OBSERVATION
+    b = TrajectoryBatch(
+        input_ids=torch.tensor([[5, 6, 7, 8, 9, 10, 11]]), span_roles=torch.tensor([[P, P, G, G, O, G, G]]),
+        step_ids=torch.tensor([[-1, -1, 0, 0, -1, 1, 1]]),
+        behaviour_logp=torch.tensor([[0, 0, -0.5, -1.5, 0, -0.25, -0.75]]), rewards=torch.tensor([1.0]),
+        success=torch.tensor([True]), group_ids=torch.tensor([0]), lengths=torch.tensor([7]),
+        prompt_lengths=torch.tensor([2]), num_turns=torch.tensor([2]), invalid_actions=torch.tensor([0]),
+        tool_calls=torch.tensor([1]), task_ids=["t"], task_types=["k"], first_user_messages=["go"],
+        actions=[["look", "take"]], policy_version=4, episode_ids=["e"], observations=[["room", "done"]],
+        turn_rewards=[[0.0, 1.0]]).validate()
+    (rec,) = transcripts(b, lambda ids: " ".join(map(str, ids)))
+    assert rec["prompt"] == "go" and rec["success"] and rec["reward"] == 1.0 and rec["policy_version"] == 4
+    t0, t1 = rec["turns"]
+    assert (t0["response"], t0["action"], t0["observation"], t0["reward"]) == ("7 8", "look", "room", 0.0)
+    assert (t1["response"], t1["tokens"], t1["reward"]) == ("10 11", 2, 1.0)
+    assert t0["logp_sum"] == pytest.approx(-2.0) and t0["logp_mean"] == pytest.approx(-1.0)
+    assert t1["logp_min"] == pytest.approx(-0.75)
+
+
+def test_config_checks_for_trackers_and_eval_every():
+    from services.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="run.eval_every = 2 needs run.eval_episodes"):
+        load_config(None, ["run.eval_every=2"])
+    with pytest.raises(ConfigError, match="trackers"):
+        load_config(None, ["run.trackers=[jsonl,neptune]"])
+    assert load_config(None, []).run.trackers == ["jsonl"]
+
+
+def test_export_names_what_is_wrong(tmp_path, capsys):
+    from services.cli import main
+
+    assert main(["export", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "run").mkdir()
+    assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "o")]) == 2
+    assert "neither a run directory" in capsys.readouterr().err
+    (tmp_path / "run" / "config.yaml").write_text("run: {steps: 1}\n")
+    assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "o")]) == 2
+    assert "no complete checkpoint" in capsys.readouterr().err
