@@ -129,7 +129,11 @@ def build_builtin_into(which: str, target: Path, *, seed: int = 0) -> Path:
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
         try:
             if which == SMOLLM2:
-                convert_smollm2_gguf(tmp)
+                from envs.progress import Progress
+
+                with Progress(f"convert SmolLM2 GGUF -> {target} (once; cached)", 1, "model") as bar:
+                    convert_smollm2_gguf(tmp)
+                    bar.advance(1)
             else:
                 build_tiny_qwen2(tmp, seed=seed)
             os.chmod(tmp, 0o755)  # mkdtemp makes it 0700

@@ -418,20 +418,17 @@ class Trainer:
             gather(fleet.teachers, [t.restore_snapshot(version, ref) for t in fleet.teachers])
 
     def _progress(self, start: int) -> Any:
-        """A context giving `advance(completed)`: a rich bar on a terminal, nothing otherwise (the per-step
-        console line is the progress there)."""
+        """A context giving `advance(completed)`: steps done with elapsed time and ETA (a rich bar on a terminal;
+        otherwise a plain line every 30 s between the per-step lines, so a slow step never goes quiet)."""
         from contextlib import contextmanager
 
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+        from envs.progress import Progress
 
         @contextmanager
         def bar() -> Any:
-            progress = Progress(TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                                TimeElapsedColumn(), console=self.console, transient=True,
-                                disable=not (self.console and self.console.is_terminal))
-            with progress:
-                task = progress.add_task("train", total=self.cfg.run.steps, completed=start)
-                yield lambda done: progress.update(task, completed=done)
+            with Progress("train", self.cfg.run.steps, "steps", every_s=30.0, initial=start,
+                          console=self.console) as p:
+                yield lambda done: p.update(done)
 
         return bar()
 

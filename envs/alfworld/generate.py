@@ -32,7 +32,7 @@ import json
 import random
 import shutil
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -265,11 +265,20 @@ def generate(
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     jobs = [(t, split, per_type, seed, str(out), max_receptacles, max_distractor_classes) for t in task_types]
-    if workers > 1 and len(jobs) > 1:
-        with ProcessPoolExecutor(max_workers=min(workers, len(jobs))) as ex:
-            results = list(ex.map(_generate_type, jobs))
-    else:
-        results = [_generate_type(j) for j in jobs]
+    from envs.progress import Progress
+
+    results: list[list[dict]] = [[] for _ in jobs]
+    with Progress(f"alfworld games ({split}, {per_type} per type)", len(jobs), "task types") as bar:
+        if workers > 1 and len(jobs) > 1:
+            with ProcessPoolExecutor(max_workers=min(workers, len(jobs))) as ex:
+                futs = {ex.submit(_generate_type, j): i for i, j in enumerate(jobs)}
+                for fut in as_completed(futs):
+                    results[futs[fut]] = fut.result()
+                    bar.advance(1, f"{jobs[futs[fut]][0]} done")
+        else:
+            for i, j in enumerate(jobs):
+                results[i] = _generate_type(j)
+                bar.advance(1, f"{j[0]} done")
     records = [r for rs in results for r in rs]
     manifest = {
         "split": split,

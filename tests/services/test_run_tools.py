@@ -214,3 +214,23 @@ def test_vllm_cpu_loads_the_export(run_dir):
     hf = AutoModelForCausalLM.from_pretrained(run_dir / "final_hf").eval()
     want = probe_logprobs(hf, probe_ids(AutoTokenizer.from_pretrained(run_dir / "final_hf")))
     assert got == pytest.approx(want, abs=2e-2)
+
+
+def test_resume_continues_the_same_tracker_runs(tmp_path, monkeypatch):
+    from services.train import train
+
+    run = _train(tmp_path / "res", "run.steps=1", "run.eval_every=0", "run.eval_episodes=0",
+                 "run.trackers=[jsonl,wandb,mlflow]")
+    ids = json.loads((run / "trackers.json").read_text())
+    train(None, ["run.steps=2"], resume=str(run))
+    assert json.loads((run / "trackers.json").read_text()) == ids
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=(run / "mlruns").as_uri())
+    assert sorted(m.step for m in client.get_metric_history(ids["mlflow"], "success_rate")) == [1, 2]
+    assert len(client.search_runs([client.get_run(ids["mlflow"]).info.experiment_id])) == 1
+    runs = sorted((run / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2 and all(r.name.endswith(ids["wandb"]) for r in runs)  # one W&B run id, two sessions
+    steps = [int(h["_step"]) for r in runs for h in _wandb_history(next(r.glob("run-*.wandb")))]
+    assert steps == [1, 2]

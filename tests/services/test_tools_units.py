@@ -28,13 +28,24 @@ def test_eta_and_plain_progress_lines(monkeypatch):
     clock = iter([0.0, 5.0, 12.0, 12.0, 13.0, 30.0])  # init, advance, advance (+ its line), advance, close
     monkeypatch.setattr("envs.progress.time.perf_counter", lambda: next(clock))
     out = io.StringIO()
-    p = Progress("sft", 4, "micro-batches", every_s=10.0, stream=out, tty=False)
+    p = Progress("sft", 4, "micro-batches", every_s=10.0, stream=out, tty=False, heartbeat=False)
     p.advance(1)  # t=5: quiet (< 10 s since start)
     p.advance(1, "loss 1.2")  # t=12: a line, ETA = 12 * 2 / 2 = 12 s
     p.advance(1)  # t=13: quiet
     p.close()  # t=30
     lines = out.getvalue().splitlines()
     assert lines == ["sft: 2/4 micro-batches | 12s elapsed | ETA 12s | loss 1.2", "sft: 3/4 micro-batches in 30s | loss 1.2"]
+
+
+def test_heartbeat_prints_while_a_long_unit_runs():
+    import time
+
+    out = io.StringIO()
+    with Progress("convert", 1, "model", every_s=0.1, stream=out, tty=False):
+        time.sleep(0.45)  # no update at all: the heartbeat still reports
+    lines = out.getvalue().splitlines()
+    assert len(lines) >= 3 and lines[0].startswith("convert: 0/1 model |") and "ETA ?" in lines[0]
+    assert lines[-1].startswith("convert: 0/1 model in")
 
 
 def test_transcripts_of_a_batch():
