@@ -28,6 +28,7 @@ engines' dtype.
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -52,13 +53,15 @@ def autocast_context(device: torch.device, dtype: torch.dtype) -> Any:
     return contextlib.nullcontext()
 
 
-def token_logprobs(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+def token_logprobs(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                   mask: torch.Tensor | None = None) -> torch.Tensor:
     """(B, T) ids, (B, T) bool mask -> (B, T) float32: out[:, t] = log p(ids[:, t] | ids[:, :t]); out[:, 0] = 0.
 
     `model(input_ids=..., attention_mask=...)` must return logits (B, T, V) or an object with `.logits`.
-    Uses logit - logsumexp(logits) on the gathered token to avoid a full (B, T, V) log-softmax copy.
+    Uses logit - logsumexp(logits) on the gathered token to avoid a full (B, T, V) log-softmax copy. With
+    `mask` (B, T) bool, only the masked tokens' log-probs are needed (0 elsewhere): see `token_logprobs_entropy`.
     """
-    return token_logprobs_entropy(model, input_ids, attention_mask, None)[0]
+    return token_logprobs_entropy(model, input_ids, attention_mask, mask, entropy=False)[0]
 
 
 def token_entropy(logits: torch.Tensor, chunk: int = 512) -> torch.Tensor:
@@ -73,23 +76,59 @@ def token_entropy(logits: torch.Tensor, chunk: int = 512) -> torch.Tensor:
     return out
 
 
+def _takes_logits_to_keep(model: nn.Module) -> bool:
+    """Whether `model.forward` accepts `logits_to_keep` (HF causal LMs; wrappers passing **kwargs on)."""
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+    return "logits_to_keep" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+def _positions_kept(mask: torch.Tensor) -> torch.Tensor:
+    """(B, T) bool -> (K,) long: the positions p whose logits predict a masked token p + 1 in some row."""
+    return torch.nonzero(mask[:, 1:].any(0)).flatten()
+
+
 def token_logprobs_entropy(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                           entropy_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """As `token_logprobs`, plus (B, T) float32 policy entropy at the positions of `entropy_mask` (B, T) bool
-    (out[:, t] = entropy of the distribution token t was drawn from; 0 elsewhere -- everywhere when the mask
-    is None; no gradient)."""
-    out = model(input_ids=input_ids, attention_mask=attention_mask.long())
-    logits = out.logits if hasattr(out, "logits") else out
-    logits = logits[:, :-1].float()  # (B, T-1, V)
-    tgt = input_ids[:, 1:]  # (B, T-1)
-    picked = torch.gather(logits, -1, tgt.unsqueeze(-1)).squeeze(-1)  # (B, T-1)
-    lp = picked - torch.logsumexp(logits, dim=-1)
-    ent = torch.zeros_like(lp, dtype=torch.float32)  # (B, T-1)
-    sel = entropy_mask[:, 1:].bool() if entropy_mask is not None else None
-    if sel is not None and bool(sel.any()):
-        ent[sel] = token_entropy(logits.detach()[sel])
-    pad = torch.zeros_like(lp[:, :1])
-    return torch.cat([pad, lp], dim=1), torch.cat([pad.detach(), ent], dim=1)
+                           mask: torch.Tensor | None, entropy: bool = True,
+                           lm_head_masked: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, T) log-probs as `token_logprobs` and (B, T) float32 policy entropy (out[:, t] = entropy of the
+    distribution token t was drawn from; no gradient).
+
+    With `mask` (B, T) bool (the tokens the loss reads), only the K positions that predict a masked token in
+    some row go through the LM head: the model is asked for `logits_to_keep` = those positions (HF causal LMs
+    take a 1-D index tensor), so the (B, T, V) logits of prompt and observation tokens are never made -- most
+    of a multi-turn sequence. Log-probs are then 0 at the tokens no row's mask needs (exact at the others) and
+    entropy is 0 off the mask. A model that ignores the argument (returns all T positions) is handled by
+    indexing, as is `lm_head_masked=False` (every position through the LM head, the same values: the
+    benchmark's baseline, benchmarks/learner_update.py). Without a mask every position is computed."""
+    B, T = input_ids.shape
+    keep = _positions_kept(mask) if mask is not None else None
+    if keep is not None and 0 < len(keep) < T - 1:
+        kw = {"logits_to_keep": keep} if lm_head_masked and _takes_logits_to_keep(model) else {}
+        out = model(input_ids=input_ids, attention_mask=attention_mask.long(), **kw)
+        logits = out.logits if hasattr(out, "logits") else out
+        if logits.shape[1] == T:  # every position was computed
+            logits = logits[:, keep]
+    else:
+        keep = torch.arange(T - 1, device=input_ids.device)
+        out = model(input_ids=input_ids, attention_mask=attention_mask.long())
+        logits = out.logits if hasattr(out, "logits") else out
+        logits = logits[:, :-1]
+    logits = logits.float()  # (B, K, V): position keep[k] predicts token keep[k] + 1
+    tgt = input_ids[:, keep + 1]  # (B, K)
+    picked = torch.gather(logits, -1, tgt.unsqueeze(-1)).squeeze(-1)  # (B, K)
+    lp_k = picked - torch.logsumexp(logits, dim=-1)  # (B, K)
+    lp = torch.zeros((B, T), dtype=lp_k.dtype, device=lp_k.device).index_copy(1, keep + 1, lp_k)  # (B, T)
+    ent = torch.zeros((B, T), dtype=torch.float32, device=lp_k.device)  # (B, T)
+    if entropy and mask is not None:
+        sel = mask[:, keep + 1].bool()  # (B, K) masked tokens among the kept positions
+        if bool(sel.any()):
+            ent_k = torch.zeros_like(lp_k, dtype=torch.float32).detach()
+            ent_k[sel] = token_entropy(logits.detach()[sel])
+            ent = ent.index_copy(1, keep + 1, ent_k)
+    return lp, ent
 
 
 AllReduce = Callable[[list[torch.Tensor]], None]  # sums each tensor over the data-parallel ranks, in place
@@ -101,7 +140,8 @@ class Learner:
                  grad_clip: float = 1.0, micro_batch_size: int = 4, ppo_epochs: int = 1,
                  ref_model: nn.Module | None = None, skip_zero_advantage: bool = True,
                  device: torch.device | str = "cpu", compute_dtype: torch.dtype = torch.float32,
-                 dp_rank: int = 0, dp_world: int = 1, all_reduce: AllReduce | None = None) -> None:
+                 dp_rank: int = 0, dp_world: int = 1, all_reduce: AllReduce | None = None,
+                 keep_logits: bool = True) -> None:
         if kl_coef > 0 and ref_model is None:
             raise ValueError("kl_coef > 0 needs a ref_model")
         if dp_world > 1 and all_reduce is None:
@@ -120,6 +160,7 @@ class Learner:
         self.aggregation, self.grad_clip = aggregation, grad_clip
         self.micro_batch_size, self.ppo_epochs = micro_batch_size, ppo_epochs
         self.skip_zero_advantage = skip_zero_advantage
+        self.keep_logits = keep_logits  # LM head only at the positions the loss reads (benchmarks turn it off)
         self.version = 0
 
     def update(self, scored: ScoredBatch) -> dict[str, float]:
@@ -157,11 +198,11 @@ class Learner:
                 dev = self.device
                 ids, am, m = traj.input_ids[sl, :T_mb].to(dev), attn[sl, :T_mb].to(dev), m[:, :T_mb].to(dev)
                 with self._autocast():
-                    logp, ent = token_logprobs_entropy(self.model, ids, am, m)  # (b, T_mb) float32 each
+                    logp, ent = token_logprobs_entropy(self.model, ids, am, m, lm_head_masked=self.keep_logits)  # (b, T_mb)
                     ref = None
                     if self.kl_coef > 0 and self.ref_model is not None:
                         with torch.no_grad():
-                            ref = token_logprobs(self.ref_model, ids, am)
+                            ref = token_logprobs(self.ref_model, ids, am, m)
                 loss, st = ppo_clip_loss(
                     logp, traj.behaviour_logp[sl, :T_mb].to(dev), scored.shaped_advantages[sl, :T_mb].to(dev), m,
                     clip_eps=self.ppo_clip, clip_eps_high=self.ppo_clip_high, aggregation=self.aggregation,

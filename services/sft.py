@@ -124,7 +124,7 @@ def sft_train(model: torch.nn.Module, batch: Any, *, epochs: int, lr: float, mic
             attn, mask = attn_all[idx], mask_all[idx]
             T = int(attn.sum(-1).max())
             with autocast_context(dev, compute_dtype):
-                lp = token_logprobs(model, batch.input_ids[idx, :T].to(dev), attn[:, :T].to(dev))
+                lp = token_logprobs(model, batch.input_ids[idx, :T].to(dev), attn[:, :T].to(dev), mask[:, :T].to(dev))
             m = mask[:, :T].float().to(dev)
             loss = -(lp * m).sum() / m.sum().clamp(min=1)
             opt.zero_grad(set_to_none=True)

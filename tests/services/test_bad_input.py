@@ -47,7 +47,7 @@ def test_missing_and_empty_games_dir(capsys, tmp_path):
 @pytest.mark.parametrize("name,content,needle", [
     ("bad.parquet", b"this is not parquet", "bad.parquet: not a readable parquet file"),
     ("bad.jsonl", b'{"question": "q", "golden_answers": ["a"]}\n{oops\n', "bad.jsonl:2: not JSON"),
-    ("cols.jsonl", b'{"query": "q"}\n', "cols.jsonl:1: expected 'question' and 'golden_answers', got ['query']"),
+    ("cols.jsonl", b'{"query": "q"}\n', "cols.jsonl: no answer column: expected one of"),
 ])
 def test_malformed_dataset_file_names_line_or_column(capsys, tmp_path, name, content, needle):
     f = tmp_path / name
