@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml $(CONSTRAINTS) deploy/install.sh
 setup: $(STAMP)
 
 run: setup
-	$(BIN)/stepopsd train --config deploy/configs/alfworld_cpu.yaml $(ARGS)
+	$(BIN)/stepopsd train --config deploy/configs/learn_cpu.yaml $(ARGS)
 
 test: setup
 	bash deploy/install_system.sh
