@@ -61,7 +61,7 @@ def sft_key(cfg: Config, task_ids: list[str]) -> str:
     env = cfg.env.model_dump(mode="json", exclude={"alfworld": {"eval_per_type"}, "search": {"eval_data"},
                                                    **{k: True for k in unused}})
     blob = json.dumps({"model": cfg.model.path, "env": env, "sft": cfg.sft.model_dump(),
-                       "max_context": cfg.model.max_context, "tasks": sorted(task_ids), "v": 2,
+                       "max_context": cfg.model.max_context, "tasks": sorted(task_ids), "v": 3,
                        "micro_batch_size": cfg.learner.micro_batch_size,
                        "gradient_checkpointing": cfg.learner.gradient_checkpointing, "dtype": cfg.model.dtype}, sort_keys=True)
     return hashlib.sha1(blob.encode()).hexdigest()[:12]
@@ -210,6 +210,9 @@ def evaluate(cfg: Config, model_path: str | Path, episodes: int, split: str = "e
         batch = ro.run(tasks, 1, seed=cfg.run.seed, policy_version=0)
     m = batch_metrics(batch)
     m["seconds"] = time.perf_counter() - t0
+    # per episode, so experiments can pair arms episode by episode (every evaluation of a config runs these tasks)
+    m["outcomes"] = [{"task_id": i, "task_type": t, "success": float(s)}
+                     for i, t, s in zip(batch.task_ids, batch.task_types, batch.success.tolist())]
     if transcripts is not None:
         out = Path(transcripts)
         out.parent.mkdir(parents=True, exist_ok=True)

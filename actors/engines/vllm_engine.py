@@ -84,6 +84,8 @@ def _llvmlite_hidden() -> Iterator[None]:
 class VLLMEngine:
     """Rollout/scoring engine around `vllm.LLM` (one model replica, tensor parallel 1)."""
 
+    CPU_BATCHED_TOKENS = 8192
+
     def __init__(
         self,
         model_path: str | Path,
@@ -128,7 +130,12 @@ class VLLMEngine:
         elif tensor_parallel_size != 1 or enable_sleep_mode:
             raise ValueError("rollout.vllm: tensor_parallel_size > 1 and enable_sleep_mode need a GPU build of vLLM")
         else:
-            kwargs["distributed_executor_backend"] = "uni"
+            # No chunked prefill on CPU: a prompt split over two scheduler steps makes vLLM rewind the request's
+            # sampling generator (`gen.set_offset`), which a CPU torch.Generator cannot do, so any seeded sampling
+            # batch whose prompts exceed one step's token budget crashed ("CPU Generator does not use offset").
+            # Whole prompts per step instead: the budget holds at least one full context.
+            kwargs.update(distributed_executor_backend="uni", enable_chunked_prefill=False,
+                          max_num_batched_tokens=max(max_context, self.CPU_BATCHED_TOKENS))
         with _llvmlite_hidden():
             self.llm = LLM(**kwargs)
         self.tokenizer = self.llm.get_tokenizer()

@@ -39,7 +39,9 @@ def demonstrations(spec: EnvSpec, split: str = "train", limit: int | None = None
     Synthetic 2-hop questions get the real two hops -- search the question, name the bridge entity the first
     passage gives, search it, answer -- so the warm start has seen a second search (with one search a 2-hop
     answer is almost never retrieved); 1-hop questions and dataset files: search the question, then answer.
-    The gold answer is in what the scripted searches retrieve; the RL learns to find and read it itself."""
+    The gold answer is in what the scripted searches retrieve; the RL learns to find and read it itself.
+    With `limit`, the demonstrations cover the task types equally (`stratified`): a warm start that has seen
+    both the one-search and the two-search pattern equally often, instead of whichever the first questions had."""
     from envs.search.factory import load_split_tasks
 
     bridge: dict[str, str] = {}
@@ -48,7 +50,7 @@ def demonstrations(spec: EnvSpec, split: str = "train", limit: int | None = None
 
         bridge = generate_kb(0).bridge  # the same seed-0 KB the questions come from
     out = []
-    for t in load_split_tasks(_opts(spec), spec.cache_dir, split)[: limit or None]:
+    for t in stratified(load_split_tasks(_opts(spec), spec.cache_dir, split), limit):
         answer = f"<think>The retrieved documents give the answer.</think><answer>{t.golden_answers[0]}</answer>"
         first = f"<think>I do not know this; I will search for it.</think><search>{t.question}</search>"
         if t.id in bridge:
@@ -57,6 +59,27 @@ def demonstrations(spec: EnvSpec, split: str = "train", limit: int | None = None
                                       f"<search>{b}</search>", answer]))
         else:
             out.append((t.id, [first, answer]))
+    return out
+
+
+def stratified(tasks: list[Any], limit: int | None) -> list[Any]:
+    """The first `limit` tasks taken round-robin over task types (`data_source`, in sorted order), each type in
+    its own order; all of them when `limit` is None. A type that runs out leaves its turns to the others."""
+    if not limit:
+        return list(tasks)
+    by_type: dict[str, list[Any]] = {}
+    for t in tasks:
+        by_type.setdefault(t.data_source, []).append(t)
+    queues = [by_type[k] for k in sorted(by_type)]
+    out: list[Any] = []
+    i = 0
+    while len(out) < limit and any(queues):
+        for q in queues:
+            if i < len(q) and len(out) < limit:
+                out.append(q[i])
+        i += 1
+        if all(i >= len(q) for q in queues):
+            break
     return out
 
 

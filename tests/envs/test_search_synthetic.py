@@ -34,3 +34,21 @@ def test_two_hop_needs_a_second_search(tmp_path):
     # ...while the bridge search (the first entity's passage names the bridge entity) finds the first hop
     first_hits = sum(kb.first_doc[t.id] in got for t, got in zip(kb.tasks_of(2), ids([t.question for t in kb.tasks_of(2)], 3)))
     assert first_hits / n2 > 0.95
+
+
+def test_demonstrations_cover_the_task_types_equally():
+    from collections import Counter
+
+    from envs.search.adapter import stratified
+    from envs.search.synthetic import generate_kb, split_of
+
+    train = [t for t in generate_kb(0).tasks if split_of(t.id) == "train"]
+    first = train[:24]
+    assert Counter(t.data_source for t in first)["synthetic_2hop"] == 16  # what the first 24 questions give
+    got = stratified(train, 24)
+    assert Counter(t.data_source for t in got) == {"synthetic_1hop": 12, "synthetic_2hop": 12}
+    assert [t.data_source for t in got[:4]] == ["synthetic_1hop", "synthetic_2hop"] * 2  # round-robin
+    ones = [t for t in train if t.data_source == "synthetic_1hop"]
+    assert [t for t in got if t.data_source == "synthetic_1hop"] == ones[:12]  # each type in its own order
+    assert stratified(train, None) == train
+    assert len(stratified(train, 10_000)) == len(train)  # a type that runs out leaves its turns to the others
