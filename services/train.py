@@ -35,12 +35,29 @@ from services.wiring import Fleet, build_fleet, heal_retrieval, policy_model_pat
 __all__ = ["SNAPSHOT", "Trainer", "TrainHook", "TrainingInterrupted", "policy_model_path", "tasks_for_batch", "train"]
 
 
-def tasks_for_batch(task_ids: list[str], m: int, n: int, seed: int) -> list[str]:
-    """Deterministic task choice for batch m (the data cursor is just m): n distinct tasks when possible."""
+def tasks_for_batch(task_ids: list[str], m: int, n: int, seed: int,
+                    types: dict[str, str] | None = None) -> list[str]:
+    """Deterministic task choice for batch m (the data cursor is just m): n distinct tasks when possible.
+    With `types` (task id -> type), the n slots go round-robin over the types (sorted; the type that starts
+    rotates with m, so remainders are spread over the run) and each slot draws, without replacement within
+    the batch, from its type's tasks."""
     rng = random.Random(seed * 7919 + m)
-    if n <= len(task_ids):
-        return rng.sample(task_ids, n)
-    return [rng.choice(task_ids) for _ in range(n)]
+    if types is None:
+        if n <= len(task_ids):
+            return rng.sample(task_ids, n)
+        return [rng.choice(task_ids) for _ in range(n)]
+    by_type: dict[str, list[str]] = {}
+    for t in task_ids:
+        by_type.setdefault(types.get(t, ""), []).append(t)
+    kinds = sorted(by_type)
+    counts = {k: 0 for k in kinds}
+    for i in range(n):
+        counts[kinds[(m + i) % len(kinds)]] += 1
+    out: list[str] = []
+    for k in kinds:
+        pool, c = by_type[k], counts[k]
+        out += rng.sample(pool, c) if c <= len(pool) else [rng.choice(pool) for _ in range(c)]
+    return out
 
 
 class TrainHook(Protocol):
@@ -162,6 +179,12 @@ class Trainer:
         self.task_ids = list(fleet.rollout.get(fleet.rollout.task_ids()))
         if not self.task_ids:
             raise RuntimeError("the environment offers no tasks")
+        self.task_types: dict[str, str] | None = None
+        if cfg.rollout.balance_task_types:
+            from envs.registry import task_types
+            from services.wiring import env_spec
+
+            self.task_types = task_types(env_spec(cfg, serve=False), "train")
         start, teacher_version = 0, 0
         self.rollouts: dict[int, list[Any]] = {}  # batch index -> [TrajectoryBatch, rollout stats] (refs in Ray)
         scored: deque[_Scored] = deque()
@@ -327,7 +350,8 @@ class Trainer:
         """Submit rollouts up to batch `limit` (they queue behind the weight loads already submitted)."""
         cfg, rollouts = self.cfg, self.fleet.rollouts  # type: ignore[union-attr]
         while self.next_launch <= min(limit, cfg.run.steps - 1):
-            tasks = tasks_for_batch(self.task_ids, self.next_launch, cfg.rollout.tasks_per_step, cfg.run.seed)
+            tasks = tasks_for_batch(self.task_ids, self.next_launch, cfg.rollout.tasks_per_step, cfg.run.seed,
+                                    self.task_types)
             # the batch's GRPO groups split over the rollout workers (global group ids and seeds)
             self.rollouts[self.next_launch] = [
                 list(w.run(tasks[first:first + size], self.next_launch, first))

@@ -35,6 +35,15 @@ def task_ids(spec: EnvSpec, split: str = "train") -> list[str]:
     return sorted(g.task_id for g in find_games(games_dir_from_config(o, spec.cache_dir, split), o.task_types))
 
 
+def task_types(spec: EnvSpec, split: str = "train") -> dict[str, str]:
+    """Game id -> its ALFWorld task type (pick_and_place_simple, ...), for type-balanced batches."""
+    from envs.alfworld.games import find_games
+    from envs.alfworld.pool import games_dir_from_config
+
+    o = _opts(spec)
+    return {g.task_id: g.task_type for g in find_games(games_dir_from_config(o, spec.cache_dir, split), o.task_types)}
+
+
 def demo_turn(action: str, step: int, total: int) -> str:
     """The assistant turn an expert demonstration uses: short reasoning + the planner's action."""
     verb = action.split(" ", 1)[0]

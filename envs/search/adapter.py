@@ -34,6 +34,13 @@ def task_ids(spec: EnvSpec, split: str = "train") -> list[str]:
     return [t.id for t in load_split_tasks(_opts(spec), spec.cache_dir, split)]
 
 
+def task_types(spec: EnvSpec, split: str = "train") -> dict[str, str]:
+    """Question id -> its type (the dataset / `data_source`: synthetic_1hop, synthetic_2hop, nq, ...)."""
+    from envs.search.factory import load_split_tasks
+
+    return {t.id: t.data_source for t in load_split_tasks(_opts(spec), spec.cache_dir, split)}
+
+
 def demonstrations(spec: EnvSpec, split: str = "train", limit: int | None = None) -> list[tuple[str, list[str]]]:
     """Scripted Search-QA episodes for the SFT warm start, in the protocol (think, search, read, answer).
     Synthetic 2-hop questions get the real two hops -- search the question, name the bridge entity the first

@@ -93,3 +93,38 @@ def test_export_names_what_is_wrong(tmp_path, capsys):
     (tmp_path / "run" / "config.yaml").write_text("run: {steps: 1}\n")
     assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "o")]) == 2
     assert "no complete checkpoint" in capsys.readouterr().err
+
+
+def test_type_balanced_batches():
+    from collections import Counter
+
+    from services.train import tasks_for_batch
+
+    ids = [f"a{i}" for i in range(30)] + [f"b{i}" for i in range(10)] + ["c0", "c1"]
+    types = {t: t[0] for t in ids}
+    for m in range(12):
+        got = tasks_for_batch(ids, m, 4, seed=3, types=types)
+        assert len(got) == 4 and len(set(got)) == 4 and set(got) <= set(ids)
+        c = Counter(types[t] for t in got)
+        assert sorted(c.values()) == [1, 1, 2]  # 4 slots over 3 types: as even as it gets
+        assert got == tasks_for_batch(ids, m, 4, seed=3, types=types)  # deterministic in (seed, m)
+    extra = Counter(Counter(types[t] for t in tasks_for_batch(ids, m, 4, 3, types)).most_common(1)[0][0]
+                    for m in range(12))
+    assert extra == {"a": 4, "b": 4, "c": 4}  # the type with the extra slot rotates over the run
+    # a type with fewer tasks than its slots repeats tasks instead of failing; no types = the uniform draw
+    assert Counter(types[t] for t in tasks_for_batch(ids, 0, 9, 0, types))["c"] == 3
+    assert tasks_for_batch(ids, 5, 4, 3) == tasks_for_batch(ids, 5, 4, 3, None)
+
+
+def test_search_and_registry_report_task_types(tmp_path):
+    import pytest
+
+    from envs.base import EnvSpec
+    from envs.registry import task_ids, task_types
+    from envs.search.config import SearchEnvConfig
+
+    spec = EnvSpec("search", SearchEnvConfig(), cache_dir=str(tmp_path), max_turns=4)
+    types = task_types(spec, "train")
+    assert set(types) == set(task_ids(spec, "train")) and set(types.values()) == {"synthetic_1hop", "synthetic_2hop"}
+    with pytest.raises(ValueError, match="does not report task types"):
+        task_types(EnvSpec("scripted", None, cache_dir=str(tmp_path), max_turns=2), "train")
