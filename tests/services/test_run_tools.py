@@ -152,6 +152,7 @@ def test_eval_on_the_export_reproduces_the_runs_held_out_figure(run_dir, tmp_pat
     got, after = json.loads(out.read_text()), json.loads((run_dir / "eval_after.json").read_text())
     assert got["episodes"] == after["episodes"] == 6
     assert got["success_rate"] == after["success_rate"] and got["success_by_type"] == after["success_by_type"]
+    assert got["outcomes"] == after["outcomes"] and len(got["outcomes"]) == 6  # per episode, paired by task id
     printed = capsys.readouterr().out
     assert f"eval success: {after['success_rate']:.3f} (6 episodes)" in printed and "even" in printed
     recs = [json.loads(x) for x in tx.read_text().splitlines()]
