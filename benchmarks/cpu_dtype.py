@@ -11,7 +11,6 @@ log-probs of the generated tokens are from fp32's (mean and max |difference|, na
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 
@@ -21,22 +20,15 @@ ROOT = setup()
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="builtin:smollm2-135m")
-    ap.add_argument("--rows", type=int, default=8)
-    ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--threads", type=int, default=2)
-    args = ap.parse_args()
+    from learner_update import batch, model_and_args
+
+    args, path = model_and_args(__doc__ or "")
 
     import torch
-    from learner_update import batch
 
-    from actors.config import ModelConfig
-    from actors.models import load_hf_model, resolve_model
+    from actors.models import load_hf_model
     from learner.learner import Learner, autocast_context, token_logprobs
 
-    torch.set_num_threads(args.threads)
-    path = resolve_model(ModelConfig(path=args.model))
     arms = {"float32": torch.float32, "bfloat16 autocast": torch.bfloat16}
     times: dict[str, list[float]] = {a: [] for a in arms}
     sb = None

@@ -54,8 +54,10 @@ def batch(rows: int, vocab: int, seed: int = 0):  # noqa: ANN201
                        has_teacher=torch.zeros(rows, dtype=torch.bool), teacher_version=-1, lam=0.0, alpha=0.0)
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def model_and_args(doc: str) -> tuple[argparse.Namespace, str]:
+    """The learner benchmarks' command line (--model --rows --repeats --threads), torch threads set, and the
+    resolved model directory."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument("--model", default="builtin:smollm2-135m")
     ap.add_argument("--rows", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=2)
@@ -65,11 +67,20 @@ def main() -> int:
     import torch
 
     from actors.config import ModelConfig
-    from actors.models import load_hf_model, resolve_model
-    from learner.learner import Learner
+    from actors.models import resolve_model
 
     torch.set_num_threads(args.threads)
-    path = resolve_model(ModelConfig(path=args.model))
+    return args, str(resolve_model(ModelConfig(path=args.model)))
+
+
+def main() -> int:
+    args, path = model_and_args(__doc__ or "")
+
+    import torch
+
+    from actors.models import load_hf_model
+    from learner.learner import Learner
+
     arms = {"full": (False, True), "masked": (True, True), "masked, no checkpointing": (True, False)}
     times: dict[str, list[float]] = {a: [] for a in arms}
     weights: dict[str, dict[str, torch.Tensor]] = {}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -43,10 +44,12 @@ def test_alpha_table_means_over_probes_and_clipping_bounds_the_shaping(tmp_path:
     assert experiment.alpha_table([tmp_path / "missing"], [0.1]) == []
 
 
-def test_run_one_reuses_a_saved_result_only_for_the_same_config(tmp_path: Path, monkeypatch) -> None:
+def _saved_run(tmp_path: Path, monkeypatch, final_hf: bool) -> tuple[Any, Path, dict[str, Any]]:
+    """A finished grpo_s0 run (result.json with the config's fingerprint, no per-episode outcomes; with its
+    final policy dir when `final_hf`) and a Trainer that fails if anything trains again."""
     cfg = load_config(None, ["env.name=scripted", f"run.dir={tmp_path / 'grpo_s0'}"])
     run_dir = tmp_path / "grpo_s0"
-    run_dir.mkdir()
+    (run_dir / "final_hf" if final_hf else run_dir).mkdir(parents=True)
     saved = {"fingerprint": experiment._fingerprint(cfg), "eval": {"success_rate": 0.5}, "train_seconds": 1.0,
              "curve": []}
     (run_dir / "result.json").write_text(json.dumps(saved))
@@ -56,6 +59,11 @@ def test_run_one_reuses_a_saved_result_only_for_the_same_config(tmp_path: Path, 
             raise RuntimeError("trained again")
 
     monkeypatch.setattr("services.train.Trainer", Boom)
+    return cfg, run_dir, saved
+
+
+def test_run_one_reuses_a_saved_result_only_for_the_same_config(tmp_path: Path, monkeypatch) -> None:
+    cfg, run_dir, saved = _saved_run(tmp_path, monkeypatch, final_hf=False)
     assert experiment.run_one(cfg, "grpo", tmp_path, 4) == saved
     other = load_config(None, ["env.name=scripted", f"run.dir={run_dir}", "learner.lr=0.5"])
     with pytest.raises(RuntimeError, match="trained again"):
@@ -308,18 +316,7 @@ def test_heldout_outcomes_come_from_the_evaluation_transcripts(tmp_path: Path, m
 
 
 def test_run_one_evaluates_again_a_saved_result_without_outcomes(tmp_path: Path, monkeypatch) -> None:
-    cfg = load_config(None, ["env.name=scripted", f"run.dir={tmp_path / 'grpo_s0'}"])
-    run_dir = tmp_path / "grpo_s0"
-    (run_dir / "final_hf").mkdir(parents=True)
-    saved = {"fingerprint": experiment._fingerprint(cfg), "eval": {"success_rate": 0.5}, "train_seconds": 1.0,
-             "curve": []}
-    (run_dir / "result.json").write_text(json.dumps(saved))
-
-    class Boom:
-        def __init__(self, cfg, **kw) -> None:
-            raise RuntimeError("trained again")
-
-    monkeypatch.setattr("services.train.Trainer", Boom)
+    cfg, run_dir, saved = _saved_run(tmp_path, monkeypatch, final_hf=True)
     monkeypatch.setattr(experiment, "evaluate_heldout", lambda cfg, path, n, tr: {**_ev([1, 0, 1, 0], TYPES), "n": n})
     res = experiment.run_one(cfg, "grpo", tmp_path, 4)
     assert res["eval"]["n"] == 4 and len(res["eval"]["episode_outcomes"]) == 4 and res["train_seconds"] == 1.0
