@@ -42,10 +42,12 @@ def tasks_for_batch(task_ids: list[str], m: int, n: int, seed: int,
     rotates with m, so remainders are spread over the run) and each slot draws, without replacement within
     the batch, from its type's tasks."""
     rng = random.Random(seed * 7919 + m)
+
+    def draw(pool: list[str], c: int) -> list[str]:  # c distinct tasks when the pool has them
+        return rng.sample(pool, c) if c <= len(pool) else [rng.choice(pool) for _ in range(c)]
+
     if types is None:
-        if n <= len(task_ids):
-            return rng.sample(task_ids, n)
-        return [rng.choice(task_ids) for _ in range(n)]
+        return draw(task_ids, n)
     by_type: dict[str, list[str]] = {}
     for t in task_ids:
         by_type.setdefault(types.get(t, ""), []).append(t)
@@ -53,11 +55,7 @@ def tasks_for_batch(task_ids: list[str], m: int, n: int, seed: int,
     counts = {k: 0 for k in kinds}
     for i in range(n):
         counts[kinds[(m + i) % len(kinds)]] += 1
-    out: list[str] = []
-    for k in kinds:
-        pool, c = by_type[k], counts[k]
-        out += rng.sample(pool, c) if c <= len(pool) else [rng.choice(pool) for _ in range(c)]
-    return out
+    return [t for k in kinds for t in draw(by_type[k], counts[k])]
 
 
 class TrainHook(Protocol):

@@ -28,11 +28,7 @@ def make_pool(spec: EnvSpec, num_envs: int, split: str = "train") -> Any:
 
 def task_ids(spec: EnvSpec, split: str = "train") -> list[str]:
     """The game ids of `split` (generating the set on first use), without building an env."""
-    from envs.alfworld.games import find_games
-    from envs.alfworld.pool import games_dir_from_config
-
-    o = _opts(spec)
-    return sorted(g.task_id for g in find_games(games_dir_from_config(o, spec.cache_dir, split), o.task_types))
+    return sorted(task_types(spec, split))
 
 
 def task_types(spec: EnvSpec, split: str = "train") -> dict[str, str]:

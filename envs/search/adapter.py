@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from itertools import zip_longest
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +30,7 @@ def make_pool(spec: EnvSpec, num_envs: int, split: str = "train") -> SearchEnvPo
 
 def task_ids(spec: EnvSpec, split: str = "train") -> list[str]:
     """Question ids of `split`: no service needed."""
-    from envs.search.factory import load_split_tasks
-
-    return [t.id for t in load_split_tasks(_opts(spec), spec.cache_dir, split)]
+    return list(task_types(spec, split))
 
 
 def task_types(spec: EnvSpec, split: str = "train") -> dict[str, str]:
@@ -77,17 +76,8 @@ def stratified(tasks: list[Any], limit: int | None) -> list[Any]:
     by_type: dict[str, list[Any]] = {}
     for t in tasks:
         by_type.setdefault(t.data_source, []).append(t)
-    queues = [by_type[k] for k in sorted(by_type)]
-    out: list[Any] = []
-    i = 0
-    while len(out) < limit and any(queues):
-        for q in queues:
-            if i < len(q) and len(out) < limit:
-                out.append(q[i])
-        i += 1
-        if all(i >= len(q) for q in queues):
-            break
-    return out
+    rounds = zip_longest(*(by_type[k] for k in sorted(by_type)))
+    return [t for r in rounds for t in r if t is not None][:limit]
 
 
 # ---------------------------------------------------------------- step-error diagnosis (envs/search/cases.py)
