@@ -88,8 +88,11 @@ def test_inprocess_fleet_trains_like_single_workers(tmp_path):
                       "stepopsd.num_teacher_workers=2", "env.num_env_workers=2"))
     two = tr.run()
     a, b = _final_weights(one, 2), _final_weights(two, 2)
+    # Two teachers score halves of the batch, so sums run in another order; an Adam step (lr 1e-3) turns an
+    # fp32-level gradient difference on a near-zero-gradient element into up to ~1% of lr. A real split bug
+    # (a row dropped, scored twice, or mis-aligned) moves many weights by a whole step (~1e-3).
     for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=5e-5)
     rows = [json.loads(x) for x in (two / "metrics.jsonl").read_text().splitlines()]
     assert [[w["worker"] for w in r["rollout_workers"]] for r in rows] == [["rollout-0", "rollout-1"]] * 2
     assert all(len(set(r["episode_ids"])) == 8 for r in rows)  # every episode accounted for
