@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from services import experiment
+from services import experiment_report as report
 from services.config import load_config
 
 
@@ -28,7 +29,7 @@ def _probe(path: Path, delta: float) -> None:
 def test_alpha_table_means_over_probes_and_clipping_bounds_the_shaping(tmp_path: Path) -> None:
     _probe(tmp_path / "a", 2.0)
     _probe(tmp_path / "b", 4.0)
-    rows = experiment.alpha_table([tmp_path / "a", tmp_path / "b", tmp_path / "missing"], [0.05, 0.9])
+    rows = report.alpha_table([tmp_path / "a", tmp_path / "b", tmp_path / "missing"], [0.05, 0.9])
     assert [r["probes"] for r in rows] == [2, 2]
     # lam 1, budget none: A^ = w = 2 sigmoid(delta) clipped to [1 - alpha, 1 + alpha] on token 1, 1 on token 2
     # alpha 0.05: both probes clip to 1.05 -> A^ - A = [0.05, 0] -> population var 0.000625
@@ -41,7 +42,7 @@ def test_alpha_table_means_over_probes_and_clipping_bounds_the_shaping(tmp_path:
     assert rows[1]["clip_frac"] == pytest.approx(0.25)
     assert rows[1]["shaping_var"] > rows[0]["shaping_var"]
     assert rows[0]["adv_var"] == rows[1]["adv_var"] == 0.0  # A is constant on the trained tokens
-    assert experiment.alpha_table([tmp_path / "missing"], [0.1]) == []
+    assert report.alpha_table([tmp_path / "missing"], [0.1]) == []
 
 
 def _saved_run(tmp_path: Path, monkeypatch, final_hf: bool) -> tuple[Any, Path, dict[str, Any]]:
@@ -156,8 +157,8 @@ def test_render_markdown_tables_with_intervals_and_paired_differences() -> None:
     before = _ev([1, 0, 0, 0], TYPES)
     rep = {"config": SEARCHQA, "overrides": [], "eval_episodes": 4, "complete": False, "finished": ["..."],
            "missing": ["stepopsd_local_s2"], "stale": [], "warm_start_eval": before, "results": results,
-           "stats": experiment.compute_stats(results, before), "alpha_tables": {}, "wall_seconds": 60.0}
-    md = experiment.render_markdown(rep)
+           "stats": report.compute_stats(results, before), "alpha_tables": {}, "wall_seconds": 60.0}
+    md = report.render_markdown(rep)
     assert "**PARTIAL**" in md and "missing: stepopsd_local_s2" in md
     assert "Warm start (before RL, every arm's starting policy): 0.250 [0.000, 0.750] (synthetic_1hop 0.500, " \
            "synthetic_2hop 0.000)" in md
@@ -180,11 +181,11 @@ def test_render_markdown_tables_with_intervals_and_paired_differences() -> None:
            "+0.250 [+0.000, +0.500] | s0 +0.500, s1 +0.000 |" in md
     assert "| grpo | synthetic_1hop | 2 | 4 | 0.250 [0.000, 0.500] | -0.250 [-0.500, +0.000] | (baseline) | - |" in md
     assert "alpha_clip" not in md and "Total wall time: 1.0 min." in md
-    assert "PARTIAL" not in experiment.render_markdown({**rep, "complete": True, "missing": []})
+    assert "PARTIAL" not in report.render_markdown({**rep, "complete": True, "missing": []})
     # results kept before the per-episode outcomes were: means over seeds, no intervals
     old = {arm: {s: {**r, "eval": {k: v for k, v in r["eval"].items() if k != "episode_outcomes"}}
                  for s, r in runs.items()} for arm, runs in results.items()}
-    md = experiment.render_markdown({**rep, "results": old, "stats": experiment.compute_stats(old, before)})
+    md = report.render_markdown({**rep, "results": old, "stats": report.compute_stats(old, before)})
     assert "| stepopsd_local | 2 | - | 1.000 (no CI) | s0 1.000, s1 1.000 | +0.750 (no CI) | +0.500 (no CI) | - | " \
            "s0 +0.500, s1 +0.500 |" in md
 
@@ -273,7 +274,7 @@ def test_experiment_writes_the_report_after_each_run_and_when_a_run_fails(tmp_pa
         if (arm, cfg.run.seed) == ("stepopsd_local", 1):
             raise RuntimeError("experiment run stepopsd_local_s1 failed")
         res = {**_res([1, 1, 1, 1] if arm != "grpo" else [1, 0, 1, 0], fp=experiment._fingerprint(cfg)),
-               "curve": experiment.curve_of(_metrics(2, 0.3))}
+               "curve": report.curve_of(_metrics(2, 0.3))}
         Path(cfg.run.dir).mkdir(parents=True)
         (Path(cfg.run.dir) / "result.json").write_text(json.dumps(res))
         done.append(cfg.run.name)
@@ -308,11 +309,11 @@ def test_heldout_outcomes_come_from_the_evaluation_transcripts(tmp_path: Path, m
     monkeypatch.setattr("services.sft.evaluate", lambda *a, **kw: {"success_rate": 0.5, "episodes": 2.0, "outcomes": [
         {"task_id": "a", "task_type": "t", "success": 1.0}, {"task_id": "b", "task_type": "t", "success": 0.0}]})
     ev = experiment.evaluate_heldout(cfg, tmp_path / "model", 2, tmp_path / "none.jsonl")
-    assert "episode_outcomes" not in ev and experiment.outcomes(ev) == [
+    assert "episode_outcomes" not in ev and report.outcomes(ev) == [
         {"episode": 0, "task_id": "a", "task_type": "t", "success": True},
         {"episode": 1, "task_id": "b", "task_type": "t", "success": False}]
-    assert experiment.outcomes({"episodes": [{"task_id": "a", "success": 1}]})[0]["success"] is True
-    assert experiment.outcomes({"episodes": 3.0}) is None and experiment.outcomes(None) is None
+    assert report.outcomes({"episodes": [{"task_id": "a", "success": 1}]})[0]["success"] is True
+    assert report.outcomes({"episodes": 3.0}) is None and report.outcomes(None) is None
 
 
 def test_run_one_evaluates_again_a_saved_result_without_outcomes(tmp_path: Path, monkeypatch) -> None:
@@ -345,7 +346,7 @@ def test_experiment_end_to_end_with_the_tiny_model(tmp_path: Path) -> None:
         res = rep["results"][arm]["0"]
         assert [r["step"] for r in res["curve"]] == [1, 2]
         assert 0.0 <= res["eval"]["success_rate"] <= 1.0
-        assert len(experiment.outcomes(res["eval"])) == 2 and all(k in res["curve"][0] for k in experiment.CURVE_KEYS)
+        assert len(report.outcomes(res["eval"])) == 2 and all(k in res["curve"][0] for k in report.CURVE_KEYS)
         run_dir = out / f"{arm}_s0"
         assert len((run_dir / experiment.HELDOUT).read_text().splitlines()) == 2
         assert (run_dir / "final_hf" / "model.safetensors").exists()
@@ -353,7 +354,7 @@ def test_experiment_end_to_end_with_the_tiny_model(tmp_path: Path) -> None:
     assert all(r["lam"] == 0.0 for r in rep["results"]["grpo"]["0"]["curve"])
     assert rep["alpha_tables"]["stepopsd"][0]["probes"] == 1 and "grpo" not in rep["alpha_tables"]
     assert rep["stats"]["stepopsd"]["all"]["diff"]["n_episodes"] == 2
-    assert len(experiment.outcomes(rep["warm_start_eval"])) == 2
+    assert len(report.outcomes(rep["warm_start_eval"])) == 2
     assert (out / "curves.png").stat().st_size > 0 and "stepopsd" in (out / "results.md").read_text()
     # asked again: every run is reused from its result.json (no training, nothing deleted is needed)
     assert experiment.run(args) == 0
