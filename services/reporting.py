@@ -112,8 +112,10 @@ class StepReporter:
         if self.metrics is not None:
             self.metrics.inc("weight_sync_failures")
 
-    def plot(self) -> None:
-        """curve.png: success, Std(Δ) and λ per step."""
+    def plot(self, held_out: dict[str, Any] | None = None, window: int = 3) -> None:
+        """curve.png: success per step (train, sampled; its moving average; the greedy held-out figure before RL
+        at step 0, after every `run.eval_every` steps and after RL, when measured), Std(Δ), teacher coverage and λ.
+        `held_out`: {"before": eval dict, "after": eval dict} (services/sft.evaluate), either may be absent."""
         if not self.history:
             return
         import matplotlib
@@ -122,10 +124,25 @@ class StepReporter:
         import matplotlib.pyplot as plt
 
         xs = [r["step"] for r in self.history]
-        fig, ax = plt.subplots(1, 3, figsize=(13, 3.4))
-        for a, key, title in zip(ax, ("success_rate", "delta_std", "lam"), ("success rate", "Std(Δ)", "λ")):
-            a.plot(xs, [r[key] for r in self.history], marker="o")
+        succ = [r["success_rate"] for r in self.history]
+        avg = [sum(succ[max(0, i - window + 1): i + 1]) / len(succ[max(0, i - window + 1): i + 1])
+               for i in range(len(succ))]
+        fig, ax = plt.subplots(1, 4, figsize=(17, 3.6))
+        ax[0].plot(xs, succ, marker="o", alpha=0.5, label="train (sampled)")
+        ax[0].plot(xs, avg, label=f"train, moving avg ({window})")
+        pts = held_out_points(self.history, held_out)
+        if pts:
+            ax[0].plot([x for x, _ in pts], [y for _, y in pts], marker="s", color="black", linestyle="--",
+                       label="held-out (greedy)")
+            for x, y in pts:
+                ax[0].annotate(f"{y:.3f}", (x, y), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
+        ax[0].set_ylim(-0.05, 1.1)
+        ax[0].legend(fontsize=7, loc="lower right")
+        for a, key, title in zip(ax[1:], ("delta_std", "teacher_coverage", "lam"), ("Std(Δ)", "teacher coverage", "λ")):
+            a.plot(xs, [r.get(key, float("nan")) for r in self.history], marker="o")
             a.set_title(title)
+        ax[0].set_title("success rate")
+        for a in ax:
             a.set_xlabel("step")
             a.grid(alpha=0.3)
         fig.suptitle(self.run_name)
@@ -171,3 +188,18 @@ def merge_sync(infos: list[dict[str, Any]]) -> dict[str, Any]:
     return {"version": infos[0].get("version"), "seconds": max(float(i.get("seconds", 0.0)) for i in infos),
             "max_abs_diff": max(float(i.get("max_abs_diff", 0.0)) for i in infos),
             "ok": all(bool(i.get("ok", True)) for i in infos), "workers": infos}
+
+
+def held_out_points(history: list[dict[str, Any]], held_out: dict[str, Any] | None) -> list[tuple[int, float]]:
+    """(step, greedy held-out success) in step order: before RL at the step the run started from, the
+    `run.eval_every` evaluations logged in the metrics rows (row["eval"]), after RL at the last step."""
+    pts: dict[int, float] = {}
+    held_out = held_out or {}
+    if history and (b := held_out.get("before")) is not None:
+        pts[int(history[0]["step"]) - 1] = float(b["success_rate"])
+    for r in history:
+        if isinstance(r.get("eval"), dict) and "success_rate" in r["eval"]:
+            pts[int(r["step"])] = float(r["eval"]["success_rate"])
+    if history and (a := held_out.get("after")) is not None:
+        pts[int(history[-1]["step"])] = float(a["success_rate"])
+    return sorted(pts.items())

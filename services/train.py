@@ -455,7 +455,7 @@ class Trainer:
         return bar()
 
     def _finish(self, start: int, t_run: float) -> Path:
-        self.report.plot()
+        self.report.plot(self.eval_summary)
         peak = self.memwatch.stop()
         summary = {"steps": self.cfg.run.steps, "started_at_step": start, "wall_seconds": time.perf_counter() - t_run,
                    "peak_memory_gib": round(peak, 3), "peak_memory_processes": self.memwatch.peak_procs,

@@ -128,3 +128,24 @@ def test_search_and_registry_report_task_types(tmp_path):
     assert set(types) == set(task_ids(spec, "train")) and set(types.values()) == {"synthetic_1hop", "synthetic_2hop"}
     with pytest.raises(ValueError, match="does not report task types"):
         task_types(EnvSpec("scripted", None, cache_dir=str(tmp_path), max_turns=2), "train")
+
+
+def test_curve_marks_the_held_out_figures_before_during_and_after(tmp_path):
+    from services.config import load_config
+    from services.reporting import StepReporter, held_out_points
+    from services.rundir import RunDir
+
+    hist = [{"step": s, "success_rate": v, "delta_std": 0.1, "teacher_coverage": 0.5, "lam": 0.2}
+            for s, v in ((1, 0.25), (2, 0.5), (3, 0.75))]
+    hist[1]["eval"] = {"success_rate": 0.7, "episodes": 10.0}
+    held = {"before": {"success_rate": 0.6}, "after": {"success_rate": 0.8}}
+    assert held_out_points(hist, held) == [(0, 0.6), (2, 0.7), (3, 0.8)]
+    assert held_out_points(hist[2:], {"after": {"success_rate": 0.8}}) == [(3, 0.8)]  # a resumed run's tail
+    assert held_out_points(hist, None) == [(2, 0.7)] and held_out_points([], held) == []
+    cfg = load_config(None, ["env.name=scripted", "model.path=builtin:tiny-qwen2", "pipeline.mode=inprocess",
+                             f"run.dir={tmp_path}"])
+    rep = StepReporter(cfg, RunDir(tmp_path, keep=1), lambda m: None, history=None)
+    rep.history = hist
+    rep.plot(held)
+    assert (tmp_path / "curve.png").stat().st_size > 10_000
+    rep.close()
