@@ -101,8 +101,7 @@ class StepReporter:
         if not self.history:
             return "no learner step was run"
         succ = [r["success_rate"] for r in self.history]
-        avg = [sum(succ[max(0, i - window + 1): i + 1]) / len(succ[max(0, i - window + 1): i + 1])
-               for i in range(len(succ))]
+        avg = moving_average(succ, window)
         cov = sum(r["teacher_coverage"] > 0 for r in self.history)
         return (f"train success per step {' '.join(f'{x:.2f}' for x in succ)} | moving avg ({window}) "
                 f"{' '.join(f'{x:.2f}' for x in avg)} | teacher shaped in {cov}/{len(self.history)} steps | "
@@ -125,8 +124,7 @@ class StepReporter:
 
         xs = [r["step"] for r in self.history]
         succ = [r["success_rate"] for r in self.history]
-        avg = [sum(succ[max(0, i - window + 1): i + 1]) / len(succ[max(0, i - window + 1): i + 1])
-               for i in range(len(succ))]
+        avg = moving_average(succ, window)
         fig, ax = plt.subplots(1, 4, figsize=(17, 3.6))
         ax[0].plot(xs, succ, marker="o", alpha=0.5, label="train (sampled)")
         ax[0].plot(xs, avg, label=f"train, moving avg ({window})")
@@ -203,3 +201,8 @@ def held_out_points(history: list[dict[str, Any]], held_out: dict[str, Any] | No
     if history and (a := held_out.get("after")) is not None:
         pts[int(history[-1]["step"])] = float(a["success_rate"])
     return sorted(pts.items())
+
+
+def moving_average(xs: list[float], window: int) -> list[float]:
+    """Trailing mean over the last `window` values at each position (fewer at the start)."""
+    return [sum(xs[max(0, i - window + 1): i + 1]) / len(xs[max(0, i - window + 1): i + 1]) for i in range(len(xs))]

@@ -149,3 +149,10 @@ def test_curve_marks_the_held_out_figures_before_during_and_after(tmp_path):
     rep.plot(held)
     assert (tmp_path / "curve.png").stat().st_size > 10_000
     rep.close()
+
+
+def test_moving_average_is_trailing():
+    from services.reporting import moving_average
+
+    assert moving_average([0.0, 1.0, 0.5, 0.5], 3) == [0.0, 0.5, 0.5, pytest.approx(2 / 3)]
+    assert moving_average([], 3) == []
