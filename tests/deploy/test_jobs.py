@@ -30,7 +30,11 @@ def _wait_for_job(head, job_id: str, run: str, timeout_s: float) -> tuple[JobSta
     ended_at = None
     while time.monotonic() < deadline:
         status = client.get_job_status(job_id)
-        for m in DELTA_STD.finditer(head.metrics_text()):
+        try:
+            text = head.metrics_text()
+        except OSError:  # a scrape slower than its 5 s timeout on a loaded box: poll again, the deadline still holds
+            text = ""
+        for m in DELTA_STD.finditer(text):
             if m["run"] == run:
                 seen[m["run"]] = float(m["value"])
         if status.is_terminal():
