@@ -98,8 +98,6 @@ def _arms(spec: str) -> list[str]:
     return arms
 
 
-
-
 def arm_config(config: str | None, overrides: list[str], arm: str, seed: int, out: Path) -> Any:
     """The resolved config of run (arm, seed): the experiment config, the --set overrides, the arm's knobs,
     then the seed and the run's directory and name."""
@@ -140,8 +138,6 @@ class AlphaProbe:
                     "steps": sb.traj.step_ids, "gen": sb.traj.generated_mask, "budget": self.budget}, self.path)
 
 
-
-
 def _fingerprint(cfg: Any) -> str:
     import hashlib
 
@@ -162,11 +158,6 @@ def _saved(path: Path, fingerprint: str) -> dict[str, Any] | None:
     return d if d.get("fingerprint") == fingerprint else None
 
 
-# ---------------------------------------------------------------------------------------------------- held-out
-
-
-
-
 def evaluate_heldout(cfg: Any, model_path: Path | str, n_eval: int, transcripts: Path) -> dict[str, Any]:
     """services/sft.evaluate (greedy, eval split), its per-episode outcomes made sure of: when it does not
     return them (`outcomes`), they are read back from the transcripts it writes (`episode_outcomes`)."""
@@ -177,10 +168,6 @@ def evaluate_heldout(cfg: Any, model_path: Path | str, n_eval: int, transcripts:
     if outcomes(ev) is None:
         ev["episode_outcomes"] = read_outcomes(transcripts)
     return ev
-
-
-
-
 
 
 # ---------------------------------------------------------------------------------------------------- runs
