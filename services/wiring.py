@@ -40,20 +40,22 @@ def _service_key(cfg: Config) -> tuple[str, str | None, str | None]:
 
 
 def heal_retrieval(cfg: Config) -> str | None:
-    """After a step with retrieval errors: if the retrieval service this process started for `cfg` no longer
-    answers, start it again on the same URL (its env clients keep working) and return that URL; None when
-    it answers, or when it is not ours (an external service is the user's to restart)."""
+    """After a step with retrieval errors: if the retrieval service this run uses no longer answers and it is
+    this run's to manage -- started here, or a sibling driver's found at the url while `start_service` is true
+    (that driver may have finished) -- start one again on the same URL (its env clients keep working) and
+    return that URL; None when it answers, or when it is the user's (start_service false: theirs to restart)."""
     from envs.search.client import probe
     from services.search.launcher import ensure_service
 
     sc, key = cfg.env.search, _service_key(cfg)
-    if key not in _SERVICES or _SERVICES[key][1] is None:
+    if key not in _SERVICES or (_SERVICES[key][1] is None and not sc.start_service):
         return None
     url, handle = _SERVICES[key]
     if probe(url, min(sc.timeout_s, 2.0)) is not None:
         return None
     try:
-        handle.stop()
+        if handle is not None:
+            handle.stop()
     except Exception:  # noqa: BLE001, S110 -- it is already dead
         pass
     new_url, new_handle = ensure_service(sc.model_copy(update={"url": url}), cfg.model.cache_dir)

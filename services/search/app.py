@@ -3,7 +3,8 @@
     POST /retrieve {"queries": [str, ...], "topk": 3, "return_scores": true}
       -> {"result": [[{"document": {"id", "contents"}, "score": float}, ...], ...]}   (return_scores true)
       -> {"result": [[{"id", "contents"}, ...], ...]}                                  (return_scores false)
-    GET /health -> {"status": "ok", "retriever", "num_docs", "name", "max_topk", "max_batch"}
+    GET /health -> {"status": "ok", "retriever", "num_docs", "name", "digest", "max_topk", "max_batch"}
+(digest: the index's corpus sha1, so a driver can tell whether a service already answering serves its corpus)
 
 Search-R1's server returns documents without scores when `return_scores` is false; so do we. Malformed bodies,
 an empty or oversized query batch, and topk outside [1, max_topk] are rejected with 422 and a message (Search-R1
@@ -35,7 +36,7 @@ class RetrieveRequest(BaseModel):
 
 
 def create_app(retriever: Retriever, default_topk: int = 3, max_topk: int = DEFAULT_MAX_TOPK,
-               max_batch: int = DEFAULT_MAX_BATCH, name: str = "") -> FastAPI:
+               max_batch: int = DEFAULT_MAX_BATCH, name: str = "", digest: str = "") -> FastAPI:
     app = FastAPI(title="stepopsd retrieval", description="Search-R1-compatible retrieval service")
 
     def reject(message: str, detail: Any = None) -> JSONResponse:
@@ -52,7 +53,7 @@ def create_app(retriever: Retriever, default_topk: int = 3, max_topk: int = DEFA
     @app.get("/health")
     def health() -> dict[str, Any]:
         return {"status": "ok", "retriever": retriever.name, "num_docs": retriever.num_docs(), "name": name,
-                "max_topk": max_topk, "max_batch": max_batch}
+                "digest": digest, "max_topk": max_topk, "max_batch": max_batch}
 
     @app.post("/retrieve", response_model=None)
     def retrieve(req: RetrieveRequest) -> dict[str, Any] | JSONResponse:
@@ -79,5 +80,5 @@ def create_app_from_index(index_dir: str, retriever: str = "bm25", default_topk:
                           max_topk: int = DEFAULT_MAX_TOPK, max_batch: int = DEFAULT_MAX_BATCH) -> FastAPI:
     from services.search.index import load_retriever, read_meta
 
-    r = load_retriever(index_dir, retriever)
-    return create_app(r, default_topk, max_topk, max_batch, name=read_meta(index_dir).get("name", ""))
+    r, meta = load_retriever(index_dir, retriever), read_meta(index_dir)
+    return create_app(r, default_topk, max_topk, max_batch, name=meta.get("name", ""), digest=meta.get("digest", ""))

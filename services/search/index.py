@@ -5,13 +5,14 @@ Index directory layout (`stepopsd search index --corpus corpus.jsonl --out DIR`)
     DIR/offsets.npy       (N+1,) int64 byte offsets of each jsonl line: O(1) random access via mmap
     DIR/bm25/             bm25s index (sparse score matrix as .npy, loaded with mmap=True) + vocab
     DIR/dense/            optional faiss index (services.search.dense)
-    DIR/meta.json         {"format", "num_docs", "tokenizer", "name"}
+    DIR/meta.json         {"format", "num_docs", "tokenizer", "name", "digest"}  (digest: sha1 of corpus.jsonl)
 Queries and documents share one tokenizer (bm25s regex tokenizer, English stopwords, Snowball stemmer), recorded
 in meta.json so an index is never queried with a different one.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import mmap
 import os
@@ -81,11 +82,12 @@ def build_index(corpus: str | Path, out_dir: str | Path, name: str = "", dense: 
     docs = list(iter_corpus_jsonl(corpus))
     if not docs:
         raise ValueError(f"{corpus}: empty corpus")
-    offsets = [0]
+    offsets, digest = [0], hashlib.sha1()
     with open(tmp / "corpus.jsonl", "wb") as f:
         for d in docs:
             line = (json.dumps(d, ensure_ascii=False) + "\n").encode()
             f.write(line)
+            digest.update(line)
             offsets.append(offsets[-1] + len(line))
     np.save(tmp / "offsets.npy", np.asarray(offsets, dtype=np.int64))
     model = bm25s.BM25()
@@ -97,7 +99,8 @@ def build_index(corpus: str | Path, out_dir: str | Path, name: str = "", dense: 
 
         build_dense(docs, tmp / "dense")
     (tmp / "meta.json").write_text(json.dumps({"format": FORMAT, "num_docs": len(docs), "tokenizer": TOKENIZER,
-                                               "name": name or Path(corpus).parent.name}))
+                                               "name": name or Path(corpus).parent.name,
+                                               "digest": digest.hexdigest()}))
     if out.exists():
         shutil.rmtree(tmp)  # another process won the race; keep its (identical) index
     else:

@@ -8,6 +8,7 @@ shares the driver's process cheaply and dies with it.
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 import time
@@ -62,6 +63,7 @@ def start_service(index_dir: str | Path, retriever: str = "bm25", host: str = "1
 
 
 _LOOPBACK = {"127.0.0.1", "localhost"}
+_log = logging.getLogger(__name__)
 
 
 def ensure_service(cfg: SearchEnvConfig, cache_dir: str | Path) -> tuple[str, ServiceHandle | None]:
@@ -69,23 +71,46 @@ def ensure_service(cfg: SearchEnvConfig, cache_dir: str | Path) -> tuple[str, Se
 
     Nothing answers at `cfg.url` and `start_service` is true: the corpus's index is resolved (built into the
     cache on first use) and served in this process, on `url`'s own port when that is a free loopback port (so
-    sibling processes on the node find it at the configured address), else on a free loopback port.
+    sibling processes on the node find it at the configured address), else on a free loopback port. Something
+    answers and `start_service` is true: it is used only if it serves this run's corpus (`serves`: a test's or
+    another experiment's service on the default port must not answer this run's queries); otherwise this run
+    starts its own on a free port and says so.
     """
+    from services.search.index import read_meta
     from services.search.resolve import resolve_index
 
-    if probe(cfg.url, min(cfg.timeout_s, 2.0)) is not None:
-        return cfg.url, None
-    if not cfg.start_service:
+    answer = probe(cfg.url, min(cfg.timeout_s, 2.0))
+    if answer is not None and not cfg.start_service:
+        return cfg.url, None  # the user's service: theirs to configure
+    if answer is None and not cfg.start_service:
         raise SearchServiceError(
             f"no retrieval service answers at {cfg.url} and env.search.start_service is false: start one with "
             f"`stepopsd search serve --port {urlsplit(cfg.url).port or 8000}` or enable start_service")
     index = resolve_index(cfg.corpus, cache_dir, "synthetic" if cfg.data is None else "wiki")
+    meta = read_meta(index)
+    if answer is not None:
+        if serves(answer, meta):
+            return cfg.url, None  # a sibling driver's service for the same corpus
+        _log.warning("the retrieval service at %s serves %s, not this run's corpus %s (%s); starting this run's "
+                     "own on a free port", cfg.url, _describe(answer), meta.get("name"), index)
     parts = urlsplit(cfg.url)
-    if parts.hostname in _LOOPBACK and parts.port:
+    if answer is None and parts.hostname in _LOOPBACK and parts.port:
         try:
             return cfg.url, start_service(index, host="127.0.0.1", port=parts.port, ready_timeout_s=15)
         except RuntimeError:  # port taken (maybe a sibling just started it)
-            if probe(cfg.url) is not None:
+            if (again := probe(cfg.url)) is not None and serves(again, meta):
                 return cfg.url, None
     service = start_service(index)
     return service.url, service
+
+
+def serves(health: dict, meta: dict) -> bool:
+    """Whether a service's /health answer is for the index described by `meta` (its meta.json): the corpus
+    digest where both know it (indexes built before the digest existed: the name and document count)."""
+    if health.get("digest") and meta.get("digest"):
+        return bool(health["digest"] == meta["digest"])
+    return bool(health.get("name") == meta.get("name") and health.get("num_docs") == meta.get("num_docs"))
+
+
+def _describe(health: dict) -> str:
+    return f"{health.get('name') or '?'!r} ({health.get('num_docs')} docs, digest {health.get('digest') or '?'})"

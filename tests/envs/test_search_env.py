@@ -8,8 +8,8 @@ from envs.search.config import SearchEnvConfig
 from envs.search.env import SearchEnv, SearchEnvPool
 from envs.search.factory import build_search_pool
 from envs.search.synthetic import generate_kb, write_kb
-from services.search.index import build_index
-from services.search.launcher import ensure_service, free_port, start_service
+from services.search.index import build_index, read_meta
+from services.search.launcher import ensure_service, free_port, probe, serves, start_service
 
 
 @pytest.fixture(scope="module")
@@ -113,6 +113,32 @@ def test_default_pool_zero_setup(tmp_path):
         assert again is None and again_url == url
     finally:
         service.stop()
+
+
+def test_a_service_for_another_corpus_is_not_used(tmp_path, kb_service):
+    """A service already answering at the url that serves another corpus (a test's, another experiment's, on the
+    default port) must not answer this run's queries: the driver starts its own on a free port. One serving the
+    same corpus (same digest) is shared."""
+    _, other = kb_service
+    got_url, own = ensure_service(SearchEnvConfig(url=other.url), tmp_path)
+    try:
+        assert own is not None and got_url != other.url
+        mine = probe(got_url)
+        assert mine["name"] == "synthetic-s0" and probe(other.url)["name"] == "kb"
+        assert mine["digest"] == read_meta(tmp_path / "search" / "synthetic-s0" / "index")["digest"]
+        shared_url, started = ensure_service(SearchEnvConfig(url=got_url), tmp_path)
+        assert started is None and shared_url == got_url
+    finally:
+        own.stop()
+
+
+def test_serves_compares_the_digest_else_name_and_size():
+    meta = {"name": "synthetic-s0", "num_docs": 330, "digest": "ab"}
+    assert serves({"name": "x", "num_docs": 1, "digest": "ab"}, meta)  # the digest decides where both have one
+    assert not serves({"name": "synthetic-s0", "num_docs": 330, "digest": "cd"}, meta)
+    old = {"name": "synthetic-s0", "num_docs": 330}  # an index built before the digest existed
+    assert serves({"name": "synthetic-s0", "num_docs": 330, "digest": ""}, old)
+    assert not serves({"name": "synthetic-s0", "num_docs": 80}, old) and not serves({"name": "kb", "num_docs": 330}, old)
 
 
 def test_registry_builds_search_pool(tmp_path):

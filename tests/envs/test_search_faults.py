@@ -114,6 +114,32 @@ def test_driver_restarts_the_local_service_it_owns(tmp_path):
         assert wiring.heal_retrieval(cfg) == url  # restarted on the same URL: env clients keep working
         assert probe(url, 1.0) is not None
         other = load_config(None, ["env.name=search", f"env.search.url=http://127.0.0.1:{free_port()}/retrieve"])
-        assert wiring.heal_retrieval(other) is None  # not ours: the user's to restart
+        assert wiring.heal_retrieval(other) is None  # never used by this process: nothing to heal
+    finally:
+        wiring.stop_retrieval_services()
+
+
+def test_driver_restarts_a_vanished_sibling_service(tmp_path):
+    """A sibling driver's service for the same corpus is shared while it lives; when that driver finishes (its
+    service goes), this run starts one on the same url instead of failing its episodes. With start_service false
+    the service is the user's: left alone."""
+    from services import wiring
+    from services.config import load_config
+    from services.search.launcher import ensure_service
+
+    url = f"http://127.0.0.1:{free_port()}/retrieve"
+    cfg = load_config(None, ["env.name=search", f"env.search.url={url}", f"model.cache_dir={tmp_path}"])
+    _, sibling = ensure_service(cfg.env.search, tmp_path)
+    try:
+        assert wiring.retrieval_url(cfg) == url
+        assert wiring._SERVICES[(url, None, None)][1] is None  # shared, not started here
+        sibling.stop()
+        assert probe(url, 0.5) is None
+        assert wiring.heal_retrieval(cfg) == url and probe(url, 1.0) is not None
+        wiring._SERVICES[(url, None, None)][1].stop()
+        users = cfg.model_copy(deep=True)
+        users.env.search.start_service = False
+        wiring._SERVICES[(url, None, None)] = (url, None)
+        assert wiring.heal_retrieval(users) is None  # the user's service: theirs to restart
     finally:
         wiring.stop_retrieval_services()
