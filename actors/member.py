@@ -1,9 +1,11 @@
 """What every worker answers besides its own job: its process (for the driver's fleet listing) and its
-membership of the run's torch.distributed world (actors/collective.py)."""
+membership of the run's torch.distributed world (actors/collective.py); the `WeightsPacket` the learner
+publishes to the rollout workers and teachers; `seed_all`."""
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -45,3 +47,24 @@ class Member:
 
         self.collective = Collective(spec, rank, getattr(self, "device", "cpu"))
         return rank
+
+
+@dataclass
+class WeightsPacket:
+    """A versioned policy publication: the learner's weights and its probe log-probs for verification."""
+
+    version: int
+    state_dict: dict[str, torch.Tensor]  # name -> CPU tensor
+    probe_logp: list[float] | None  # learner's log-probs of the fixed probe (actors/engines/base.py); None = not
+    # verified (only a checkpoint's teacher snapshot, verified when it was first loaded)
+
+
+def seed_all(seed: int) -> None:
+    """Seed python, numpy and torch (every worker, at construction)."""
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)

@@ -13,6 +13,7 @@ truncates, at `max_turns`, or when the next turn would not fit `max_context` (co
 
 from __future__ import annotations
 
+import random
 import time
 import uuid
 from collections.abc import Callable
@@ -189,6 +190,29 @@ class MultiTurnRollout:
             env_error=torch.tensor([e.env_error for e in eps]), turn_rewards=[e.turn_rewards for e in eps],
         )
         return batch.validate()
+
+
+def tasks_for_batch(task_ids: list[str], m: int, n: int, seed: int,
+                    types: dict[str, str] | None = None) -> list[str]:
+    """Deterministic task choice for batch m (the data cursor is just m): n distinct tasks when possible.
+    With `types` (task id -> type), the n slots go round-robin over the types (sorted; the type that starts
+    rotates with m, so remainders are spread over the run) and each slot draws, without replacement within
+    the batch, from its type's tasks."""
+    rng = random.Random(seed * 7919 + m)
+
+    def draw(pool: list[str], c: int) -> list[str]:  # c distinct tasks when the pool has them
+        return rng.sample(pool, c) if c <= len(pool) else [rng.choice(pool) for _ in range(c)]
+
+    if types is None:
+        return draw(task_ids, n)
+    by_type: dict[str, list[str]] = {}
+    for t in task_ids:
+        by_type.setdefault(types.get(t, ""), []).append(t)
+    kinds = sorted(by_type)
+    counts = {k: 0 for k in kinds}
+    for i in range(n):
+        counts[kinds[(m + i) % len(kinds)]] += 1
+    return [t for k in kinds for t in draw(by_type[k], counts[k])]
 
 
 def eval_tasks(all_tasks: list[str], episodes: int) -> list[str]:

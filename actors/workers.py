@@ -4,45 +4,27 @@ Each takes explicit typed arguments -- its config sections (actors/config.py), a
 `ScoringOptions` -- built by the composition root (services/wiring.py), never the config tree. Each runs
 unchanged in-process or as a Ray actor (`ray.remote` is applied at construction, actors/ray_actors.py) and
 is called through `actors.handle.Handle`. They exchange only typed batches (learner/batch.py) and
-`WeightsPacket`s.
+`WeightsPacket`s (actors/member.py). LearnerWorker lives in actors/learner_worker.py (re-exported here).
 """
 
 from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from actors.config import LearnerConfig, ModelConfig, RolloutConfig
+from actors.config import ModelConfig, RolloutConfig
 from actors.handle import Handle, returns
-from actors.member import Member
+from actors.learner_worker import LearnerWorker
+from actors.member import Member, WeightsPacket
 from actors.sharded_pool import ShardedPool
 from envs.base import EnvSpec
 from learner.scoring import ScoringOptions
 
-
-@dataclass
-class WeightsPacket:
-    """A versioned policy publication: the learner's weights and its probe log-probs for verification."""
-
-    version: int
-    state_dict: dict[str, torch.Tensor]  # name -> CPU tensor
-    probe_logp: list[float] | None  # learner's log-probs of the fixed probe (actors/engines/base.py); None = not
-    # verified (only a checkpoint's teacher snapshot, verified when it was first loaded)
-
-
-def _seed_all(seed: int) -> None:
-    import random
-
-    import numpy as np
-
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
+__all__ = ["EnvPoolWorker", "LearnerWorker", "RolloutWorker", "TeacherWorker", "WeightsPacket", "engine_options"]
 
 
 class EnvPoolWorker(Member):
@@ -312,170 +294,3 @@ def _joined(parts: list[Any]) -> Any:
     from learner.batch import TrajectoryBatch
 
     return parts[0] if len(parts) == 1 else TrajectoryBatch.concat(parts)
-
-
-class LearnerWorker(Member):
-    """The torch model + AdamW; PPO updates on scored batches; publishes versioned weights.
-
-    In a group of W (`learner.num_workers`) every rank holds a replica; after `join` the update is data
-    parallel (learner/learner.py: rows split, gradients summed over the group). Rank 0 publishes and saves;
-    every rank loads a checkpoint. With `pipeline.weight_sync: collective` rank 0 broadcasts the weights
-    it publishes to the rollout workers / teachers (`publish_meta`, then `broadcast_weights`).
-
-    The model sits on `model.device` with fp32 master weights (and fp32 AdamW state); with `model.dtype`
-    bf16/fp16 the learner computes under autocast and publishes weights cast to that dtype, which is what
-    the engines hold. The probe sent with a packet is computed with exactly the published weights."""
-
-    def __init__(self, model_cfg: ModelConfig, lc: LearnerConfig, seed: int, model_path: str, rank: int = 0) -> None:
-        from actors.device import DTYPES, resolve_device
-        from actors.engines.base import probe_ids
-        from actors.models import load_hf_model, load_tokenizer
-        from learner.learner import Learner
-
-        torch.set_num_threads(model_cfg.torch_threads)
-        _seed_all(seed)
-        self.lora = lc.lora.enabled
-        self.device = resolve_device(model_cfg.device)
-        self.dtype = DTYPES[model_cfg.dtype]
-        path = model_path
-        model = load_hf_model(path, "float32").to(self.device)  # fp32 master weights
-        ref = None
-        if lc.kl_coef > 0:
-            ref = load_hf_model(path, model_cfg.dtype).to(self.device)  # inference only: compute dtype
-            ref.eval()
-            for p in ref.parameters():
-                p.requires_grad_(False)
-        if lc.lora.enabled:
-            from actors.models import apply_lora
-
-            model = apply_lora(model, lc.lora)
-        if lc.gradient_checkpointing and hasattr(model, "gradient_checkpointing_enable"):
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            model.config.use_cache = False
-        self.learner = Learner(model, lr=lc.lr, weight_decay=lc.weight_decay, ppo_clip=lc.ppo_clip,
-                               ppo_clip_high=lc.ppo_clip_high, kl_coef=lc.kl_coef, aggregation=lc.aggregation,
-                               grad_clip=lc.grad_clip, micro_batch_size=lc.micro_batch_size,
-                               ppo_epochs=lc.ppo_epochs, ref_model=ref, skip_zero_advantage=lc.skip_zero_advantage,
-                               device=self.device, compute_dtype=self.dtype)
-        self.probe = probe_ids(load_tokenizer(path))
-        self.rank = rank
-        self._published: tuple[dict[str, torch.Tensor], Any] | None = None
-        self._ckpt: dict[str, dict[str, torch.Tensor]] = {}  # kind -> tensors of the checkpoint being streamed out
-        self._restored_model: set[str] = set()  # weights received so far by restore_chunk
-        self._restored_opt: dict[str, torch.Tensor] = {}  # optimizer tensors received, applied by restore_end
-
-    def dist_address(self) -> str:
-        """host:port for the run's torch.distributed store (this actor is rank 0)."""
-        from actors.collective import free_address
-
-        return free_address()
-
-    def join(self, spec: Any, rank: int) -> int:
-        """Join the run's world; with W > 1 learner ranks the update becomes data parallel."""
-        from actors.collective import LEARNER_GROUP
-
-        super().join(spec, rank)
-        ranks = spec.groups.get(LEARNER_GROUP, [rank])
-        if len(ranks) > 1:
-            self.learner.set_data_parallel(ranks.index(rank), len(ranks),
-                                           lambda ts: self.collective.all_reduce_(ts, LEARNER_GROUP))
-        return rank
-
-    def update(self, scored: Any) -> dict[str, float]:
-        t0 = time.perf_counter()
-        stats = self.learner.update(scored)
-        stats["update_seconds"] = time.perf_counter() - t0
-        return stats
-
-    def _merged_state(self) -> dict[str, torch.Tensor]:
-        """CPU state dict in the engines' dtype (LoRA merged into the base weights)."""
-        model = self.learner.model
-        if self.lora:
-            import copy
-
-            merged = copy.deepcopy(model).merge_and_unload()
-            return {k: (v.detach().to(self.dtype) if v.is_floating_point() else v.detach()).to("cpu", copy=True)
-                    for k, v in merged.state_dict().items()}
-        return self.learner.get_weights(self.dtype)
-
-    def _probe(self, sd: dict[str, torch.Tensor]) -> list[float]:
-        """The probe's log-probs under the published weights `sd` (cast ones when the dtype is not fp32)."""
-        from actors.engines.base import probe_logprobs, published_probe
-
-        if self.dtype == torch.float32 or self.lora:
-            return probe_logprobs(self.learner.model, self.probe)
-        return published_probe(self.learner.model, sd, self.probe)
-
-    def publish(self) -> WeightsPacket:
-        self.learner.model.eval()
-        sd = self._merged_state()
-        return WeightsPacket(version=self.learner.version, state_dict=sd, probe_logp=self._probe(sd))
-
-    def publish_meta(self) -> Any:
-        """Collective sync, step 1: compute the weights to publish (kept for `broadcast_weights`) and return
-        only their description + probe (small; the driver hands it to the receivers)."""
-        from actors.collective import meta_of
-
-        packet = self.publish()
-        meta = meta_of(packet.state_dict, packet.version, packet.probe_logp)
-        self._published = (packet.state_dict, meta)
-        return meta
-
-    def broadcast_weights(self, group: str) -> dict[str, Any]:
-        """Collective sync, step 2: send the weights of the last `publish_meta` to `group`'s receivers."""
-        if self._published is None:
-            raise RuntimeError("broadcast_weights before publish_meta")
-        sd, meta = self._published
-        t0 = time.perf_counter()
-        buckets = self.collective.broadcast_state(sd, meta, group)
-        return {"version": meta.version, "seconds": time.perf_counter() - t0, "buckets": buckets}
-
-    # ------------------------------------------------------------ checkpoints, streamed to the driver
-    def checkpoint_plan(self, chunk_bytes: int) -> dict[str, Any]:
-        """Describe this rank's state for a checkpoint the DRIVER writes (the learner may run on another node):
-        chunk lists of the `model` weights and of the `optimizer` tensors (AdamW state + torch RNG), and the
-        JSON part (version, optimizer skeleton). The driver then fetches `checkpoint_chunk(kind, i)` one at a
-        time, so no more than one chunk is in flight. Nothing is pickled (actors/state_io.py)."""
-        from actors.state_io import chunks, pack
-
-        model_sd = self.learner.model.state_dict()
-        opt_tensors, opt_skeleton = pack(self.learner.state())
-        opt_tensors["torch_rng"] = torch.get_rng_state()
-        self._ckpt = {"model": model_sd, "optimizer": opt_tensors}
-        return {"model": chunks({k: v.numel() * v.element_size() for k, v in model_sd.items()}, chunk_bytes),
-                "optimizer": chunks({k: v.numel() * v.element_size() for k, v in opt_tensors.items()}, chunk_bytes),
-                "meta": {"version": self.learner.version, "optimizer": opt_skeleton}}
-
-    def checkpoint_chunk(self, kind: str, names: list[str]) -> dict[str, torch.Tensor]:
-        """CPU copies of tensors `names` of `kind` (cloned: tied embeddings share storage, which safetensors
-        refuses to save)."""
-        src = self._ckpt[kind]
-        return {k: src[k].detach().to("cpu", copy=True).contiguous() for k in names}
-
-    def restore_chunk(self, kind: str, tensors: dict[str, torch.Tensor]) -> int:
-        """Receive one chunk of a checkpoint (model weights are loaded at once; optimizer tensors are kept
-        until `restore_end`)."""
-        if kind == "model":
-            missing_ok = self.learner.model.load_state_dict({k: v.to(self.device) for k, v in tensors.items()},
-                                                            strict=False)
-            if missing_ok.unexpected_keys:
-                raise KeyError(f"checkpoint weights not in the model: {missing_ok.unexpected_keys[:5]}")
-            self._restored_model |= set(tensors)
-        else:
-            self._restored_opt.update(tensors)
-        return len(tensors)
-
-    def restore_end(self, meta: dict[str, Any]) -> int:
-        """Apply the optimizer state and RNG received in chunks; check that every weight was restored."""
-        from actors.state_io import unpack
-
-        expected = set(self.learner.model.state_dict())
-        if self._restored_model != expected:
-            raise KeyError(f"checkpoint lacks weights: {sorted(expected - self._restored_model)[:5]}")
-        opt = self._restored_opt
-        rng = opt.pop("torch_rng")
-        state = unpack(opt, meta["optimizer"])  # AdamW's load_state_dict moves its state to the params' device
-        self.learner.load_state(state)
-        torch.set_rng_state(rng.cpu())
-        self._restored_model, self._restored_opt = set(), {}
-        return self.learner.version

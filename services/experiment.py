@@ -11,7 +11,7 @@ Arms (everything else identical, including the SFT warm start every arm starts f
 (the default --arms: grpo,opd,stepopsd_paper,stepopsd_local).
 
 Paired seeds. The arms' configs differ only in `stepopsd.*` (tested), and the runs of one seed s share every
-random stream that does not depend on the policy: batch m trains on `services/train.tasks_for_batch(task_ids,
+random stream that does not depend on the policy: batch m trains on `actors/rollout.tasks_for_batch(task_ids,
 m, n, s)` (a `random.Random(s * 7919 + m)` draw), its env resets are seeded `batch_seed * 100003 + row` and its
 sampling `actors/rollout.row_seed(batch_seed, turn, row)` with `batch_seed = s * 1_000_003 + m`
 (`actors/workers.RolloutWorker.run`). The held-out episodes are the same for every arm and seed

@@ -10,7 +10,8 @@ Schedule (the same in Ray and in-process mode, so both give the same result for 
 In Ray mode each call is an actor task and ObjectRefs flow between actors (a batch goes rollout -> teacher
 -> learner through the object store without passing through the driver, which fetches only the stats); the
 bounded queues are the dicts/deques of in-flight refs. In-process mode executes the same calls immediately,
-in the same order. Building the workers is `services/wiring.py`, the run directory `services/rundir.py`,
+in the same order. Building the workers is `services/wiring.py`, the run directory `services/rundir.py`
+(checkpoints streamed to / from the actors: `services/checkpointing.py`),
 the per-step report `services/reporting.py`; this module is only the schedule.
 """
 
@@ -24,38 +25,17 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from actors.handle import gather
-from actors.ray_actors import actor_death, is_actor_death
+from actors.ray_actors import is_actor_death
+from actors.rollout import tasks_for_batch
 from learner.batch import ScoreStats
+from services.checkpointing import restore_fleet, save_fleet_checkpoint
 from services.config import Config, ConfigError, dump_config, load_config
 from services.interrupt import TrainingInterrupted, stop_on_signals
 from services.reporting import StepReporter, describe_fleet, merge_rollout_stats, merge_sync
-from services.rundir import CHUNK_BYTES, SNAPSHOT, RunDir, read_tensor_files, save_learner
+from services.rundir import SNAPSHOT, RunDir
 from services.wiring import Fleet, build_fleet, heal_retrieval, policy_model_path, split_groups
 
 __all__ = ["SNAPSHOT", "Trainer", "TrainHook", "TrainingInterrupted", "policy_model_path", "tasks_for_batch", "train"]
-
-
-def tasks_for_batch(task_ids: list[str], m: int, n: int, seed: int,
-                    types: dict[str, str] | None = None) -> list[str]:
-    """Deterministic task choice for batch m (the data cursor is just m): n distinct tasks when possible.
-    With `types` (task id -> type), the n slots go round-robin over the types (sorted; the type that starts
-    rotates with m, so remainders are spread over the run) and each slot draws, without replacement within
-    the batch, from its type's tasks."""
-    rng = random.Random(seed * 7919 + m)
-
-    def draw(pool: list[str], c: int) -> list[str]:  # c distinct tasks when the pool has them
-        return rng.sample(pool, c) if c <= len(pool) else [rng.choice(pool) for _ in range(c)]
-
-    if types is None:
-        return draw(task_ids, n)
-    by_type: dict[str, list[str]] = {}
-    for t in task_ids:
-        by_type.setdefault(types.get(t, ""), []).append(t)
-    kinds = sorted(by_type)
-    counts = {k: 0 for k in kinds}
-    for i in range(n):
-        counts[kinds[(m + i) % len(kinds)]] += 1
-    return [t for k in kinds for t in draw(by_type[k], counts[k])]
 
 
 class TrainHook(Protocol):
@@ -189,7 +169,7 @@ class Trainer:
         if resume is not None:
             start, teacher_version = resume.next_step, resume.teacher_version
             self.schedule.load_state_dict(resume.schedule)
-            self._restore(resume.checkpoint, teacher_version)
+            restore_fleet(fleet, resume.checkpoint)
             packet = fleet.learner.publish()
             gather(fleet.rollouts, [h.load_weights(packet) for h in fleet.rollouts])
             # batches generated / scored before the checkpoint keep their old policy version: replay them
@@ -281,7 +261,7 @@ class Trainer:
         ck = self.rundir.latest_checkpoint()
         if ck is None:
             raise RuntimeError("an actor died before the first checkpoint") from e
-        who = self._dead_actor(e)
+        who = self.fleet.role_of_death(e) if self.fleet is not None else "unknown"
         self._log(f"[yellow]{who} actor died ({type(e).__name__}); recovery {self.recoveries}/"
                   f"{self.cfg.pipeline.max_recoveries}: rebuilding the fleet from {ck}")
         if self.report.metrics is not None:
@@ -291,18 +271,6 @@ class Trainer:
         resume = self.rundir.load_checkpoint(ck)
         self.report.history = list(resume.history)
         return resume
-
-    def _dead_actor(self, e: BaseException) -> str:
-        """The role of the actor whose death `e` reports ("unknown" when it cannot be told)."""
-        death = actor_death(e)
-        dead = getattr(death, "actor_id", None)
-        dead = dead if isinstance(dead, str) or dead is None else dead.hex()
-        if self.fleet is not None and dead:
-            for role, _, h in self.fleet.members():
-                actor_id = getattr(h.target, "_actor_id", None)
-                if actor_id is not None and actor_id.hex() == dead:
-                    return role
-        return "unknown"
 
     def _request_stop(self, name: str) -> None:
         """First SIGINT / SIGTERM: finish the step, checkpoint, stop (services/interrupt.py)."""
@@ -408,36 +376,7 @@ class Trainer:
         sc = [(s.step, fleet.teacher.get(s.batch), s.lam, s.alpha) for s in scored]
         state = {"teacher_version": teacher_version, "schedule": self.schedule.state_dict(),
                  "python_rng": repr(random.getstate()), "metrics_lines": len(self.report.history)}
-        lead = fleet.learner
-
-        def write_learner(d: Path) -> None:  # streamed from learner rank 0, wherever it runs
-            plan = lead.get(lead.checkpoint_plan(CHUNK_BYTES))
-            save_learner(d, plan, lambda kind, names: lead.get(lead.checkpoint_chunk(kind, names)))
-
-        snapshot = fleet.teacher.get(fleet.teacher.snapshot_state())
-        return self.rundir.save_checkpoint(step, write_learner, pending_rollouts=pend, pending_scored=sc,
-                                           driver_state=state, snapshot=snapshot)
-
-    def _restore(self, ck: Path, teacher_version: int) -> None:
-        """Send a checkpoint's learner state (chunk by chunk) to every learner rank and its teacher snapshot to
-        every teacher: the actors may run on nodes that never saw the run directory."""
-        import json
-
-        from safetensors.torch import load_file
-
-        fleet = self.fleet
-        assert fleet is not None
-        for kind in ("model", "optimizer"):
-            for chunk in read_tensor_files(ck, kind):
-                ref = fleet.put(chunk)
-                gather(fleet.learners, [h.restore_chunk(kind, ref) for h in fleet.learners])
-        meta = json.loads((ck / "learner_state.json").read_text())
-        gather(fleet.learners, [h.restore_end(meta) for h in fleet.learners])
-        if (ck / SNAPSHOT).exists():
-            sd = load_file(str(ck / SNAPSHOT))
-            version = int(sd.pop("__version__").item())
-            ref = fleet.put(sd)
-            gather(fleet.teachers, [t.restore_snapshot(version, ref) for t in fleet.teachers])
+        return save_fleet_checkpoint(self.rundir, fleet, step, pend, sc, state)
 
     def _progress(self, start: int) -> Any:
         """A context giving `advance(completed)`: steps done with elapsed time and ETA (a rich bar on a terminal;

@@ -167,6 +167,19 @@ class Fleet:
         return [{"role": role, "index": i, **info, "resources": res.get(role, {})}
                 for (role, i, _), info in zip(self.members(), infos)]
 
+    def role_of_death(self, e: BaseException) -> str:
+        """The role of the actor whose death `e` reports ("unknown" when it cannot be told)."""
+        from actors.ray_actors import actor_death
+
+        dead = getattr(actor_death(e), "actor_id", None)
+        dead = dead if isinstance(dead, str) or dead is None else dead.hex()
+        if dead:
+            for role, _, h in self.members():
+                actor_id = getattr(h.target, "_actor_id", None)
+                if actor_id is not None and actor_id.hex() == dead:
+                    return role
+        return "unknown"
+
     def put(self, value: Any) -> Any:
         """A value as the pipeline passes it on: an object-store ref in Ray mode, itself in-process."""
         if not self.remote:
