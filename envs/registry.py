@@ -62,6 +62,13 @@ def task_types(spec: EnvSpec, split: str = "train") -> dict[str, str]:
     return dict(fn(spec, split=_split(split)))
 
 
+def task_forms(spec: EnvSpec, split: str = "train") -> dict[str, str] | None:
+    """Task id -> a finer grouping than the type (Search-QA: the question's form, names masked) for the
+    experiment report; None for an env kind without the `task_forms` hook."""
+    fn = getattr(adapter(spec), "task_forms", None)
+    return None if fn is None else dict(fn(spec, split=_split(split)))
+
+
 def demonstrations(spec: EnvSpec, split: str = "train", limit: int | None = None) -> list[tuple[str, list[str]]]:
     """(task_id, assistant turns) the SFT warm start imitates."""
     return list(adapter(spec).demonstrations(spec, split=_split(split), limit=limit))

@@ -119,6 +119,15 @@ def _eval_tasks(cfg: Any) -> int:
     return len(task_ids(env_spec(cfg, serve=False), split="eval"))
 
 
+def task_forms_of(cfg: Any) -> dict[str, str] | None:
+    """The held-out tasks' forms for the report's per-form table (envs.registry.task_forms); None when the env
+    kind has none."""
+    from envs.registry import task_forms
+    from services.wiring import env_spec
+
+    return task_forms(env_spec(cfg, serve=False), split="eval")
+
+
 class AlphaProbe:
     """Train hook: keeps the scored batch with the most shaped tokens of a run (`alpha_probe.pt`), so the
     alpha_clip table can reshape a batch the teacher really scored."""
@@ -241,6 +250,7 @@ def run(args: argparse.Namespace) -> int:
     base_cfg = load_config(args.config, args.overrides)
     base_path = Path(policy_model_path(base_cfg))  # the shared SFT warm start (trained once, cached)
     n_eval = args.eval_episodes or _eval_tasks(base_cfg)
+    forms = task_forms_of(base_cfg)
     before = warm_start_eval(base_cfg, base_path, n_eval, out)
     print(f"warm start {base_path}: held-out success {before['success_rate']:.3f} ({n_eval} episodes)")
     t_all = time.perf_counter()
@@ -250,7 +260,8 @@ def run(args: argparse.Namespace) -> int:
         rep = build_report(out, arms, args.seeds, config=args.config, overrides=args.overrides, warm_start=before,
                            warm_start_path=str(base_path), eval_episodes=n_eval, n_boot=n_boot,
                            wall_seconds=time.perf_counter() - t_all,
-                           fingerprint_of=fingerprints(args.config, args.overrides, out), probed=PROBED)
+                           fingerprint_of=fingerprints(args.config, args.overrides, out), probed=PROBED,
+                           forms=forms)
         write_report(out, rep)
         return rep
 
@@ -283,6 +294,8 @@ def report_only(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if not out.is_dir():
         raise SystemExit(f"--report-only: {out} is not a directory")
+    from services.config import load_config
+
     arms = _arms(args.arms)
     old = json.loads((out / "results.json").read_text()) if (out / "results.json").exists() else {}
     ws = json.loads((out / "warm_start_eval.json").read_text()) if (out / "warm_start_eval.json").exists() else {}
@@ -291,7 +304,8 @@ def report_only(args: argparse.Namespace) -> int:
                        warm_start_path=ws.get("warm_start") or old.get("warm_start"),
                        eval_episodes=args.eval_episodes or None, n_boot=getattr(args, "bootstrap", st.N_BOOT),
                        wall_seconds=old.get("wall_seconds"), probed=PROBED,
-                       fingerprint_of=fingerprints(args.config, args.overrides, out) if args.config else None)
+                       fingerprint_of=fingerprints(args.config, args.overrides, out) if args.config else None,
+                       forms=task_forms_of(load_config(args.config, args.overrides)) if args.config else None)
     write_report(out, rep)
     print_report(out, rep)
     return 0

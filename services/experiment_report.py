@@ -2,7 +2,8 @@
 
 Reads each (arm, seed) run's result.json (else its entry in an earlier results.json), computes per arm the
 held-out success with a 95 % bootstrap interval (episodes resampled within seeds), its gain over the warm start
-and the paired difference to the baseline arm (GRPO), overall and per task type (services/stats.py), the
+and the paired difference to the baseline arm (GRPO), overall and per task type (services/stats.py), a
+per-form table where the env groups its tasks finer (Search-QA: question forms), the
 alpha_clip table from the StepOPSD runs' recorded probe batches, and writes results.json, results.md and
 curves.png. Nothing here trains or evaluates: services/experiment.py runs the arms and calls `build_report`
 after every run; `stepopsd experiment --report-only` calls it on what has finished.
@@ -232,13 +233,52 @@ def compute_stats(results: dict[str, dict[int, Any]], before: dict[str, Any] | N
     return out
 
 
+MAX_FORMS = 16  # more forms than this (free-text questions): no per-form table
+
+
+def form_table(results: dict[str, dict[int, Any]], before: dict[str, Any] | None,
+               forms: dict[str, str] | None) -> list[dict[str, Any]]:
+    """Per task form (task id -> form, e.g. the question with names masked): its task type, held-out episodes per
+    run, and the success of the warm start and of each arm (pooled over its seeds); rows sorted by type, then
+    form. [] without forms or with more than MAX_FORMS of them. Too few episodes per form for intervals: this
+    table says where an arm's gain or loss comes from, the per-arm and per-type tables say whether it is real."""
+    if not forms or len(set(forms.values())) > MAX_FORMS:
+        return []
+
+    def tally(evs: list[dict[str, Any]]) -> dict[str, list[int]]:  # form -> [wins, episodes]
+        hits: dict[str, list[int]] = {}
+        for ev in evs:
+            for e in outcomes(ev) or []:
+                if (f := forms.get(e["task_id"])) is not None:
+                    h = hits.setdefault(f, [0, 0])
+                    h[0], h[1] = h[0] + int(e["success"]), h[1] + 1
+        return hits
+
+    cols = {"warm_start": tally([before] if before else [])}
+    cols |= {arm: tally([r["eval"] for r in runs.values()]) for arm, runs in results.items() if runs}
+    n_runs = {"warm_start": 1} | {arm: len(runs) for arm, runs in results.items() if runs}
+    kind: dict[str, str] = {}
+    for ev in [before] + [r["eval"] for runs in results.values() for r in runs.values()]:
+        for e in outcomes(ev) or []:
+            if e["task_id"] in forms:
+                kind.setdefault(forms[e["task_id"]], e["task_type"])
+    rows = []
+    for f in sorted({f for c in cols.values() for f in c}, key=lambda f: (kind.get(f, ""), f)):
+        col, h = next((c, cols[c][f]) for c in cols if f in cols[c])
+        rows.append({"form": f, "task_type": kind.get(f, ""), "episodes": h[1] // n_runs[col],
+                     "success": {c: (t[f][0] / t[f][1] if f in t else None) for c, t in cols.items()}})
+    return rows
+
+
 def build_report(out: Path, arms: list[str], seeds: int, *, config: str | None, overrides: list[str] | None,
                  warm_start: dict[str, Any] | None, warm_start_path: str | None, eval_episodes: int | None,
                  n_boot: int = st.N_BOOT, wall_seconds: float | None = None,
-                 fingerprint_of: FingerprintOf | None = None, probed: Collection[str] = ()) -> dict[str, Any]:
+                 fingerprint_of: FingerprintOf | None = None, probed: Collection[str] = (),
+                 forms: dict[str, str] | None = None) -> dict[str, Any]:
     """The whole report (what results.json keeps) from the runs finished in `out` so far (with `fingerprint_of`,
     only those whose result.json was written for the (arm, seed)'s resolved config: collect_runs); the alpha_clip
-    table for the arms in `probed` (those whose runs record a probe batch)."""
+    table for the arms in `probed` (those whose runs record a probe batch); with `forms` (task id -> form), the
+    per-form table (`form_table`)."""
     results, missing, stale = collect_runs(out, arms, seeds, fingerprint_of)
     finished = [f"{a}_s{s}" for a, runs in results.items() for s in runs]
     if eval_episodes is None:  # report-only: the runs say
@@ -252,6 +292,7 @@ def build_report(out: Path, arms: list[str], seeds: int, *, config: str | None, 
             "bootstrap": {"n_boot": n_boot, "level": st.LEVEL, "rng_seed": st.RNG_SEED,
                           "method": "percentile; episodes resampled within each seed (diff_seeds: seeds too)"},
             "stats": compute_stats(results, warm_start, BASELINE, n_boot),
+            "by_form": form_table(results, warm_start, forms),
             "alpha_tables": {arm: rows for arm in arms if arm in probed
                              if (rows := alpha_table([run_dir_of(out, arm, s) for s in results.get(arm, {})], ALPHAS))},
             "results": results, "wall_seconds": wall_seconds}
@@ -341,6 +382,14 @@ def render_markdown(rep: dict[str, Any]) -> str:
                 lines.append(f"| {arm} | {t} | {c['success']['n_seeds']} | {'-' if n_eps is None else n_eps} | "
                              f"{_ci(c['success'])} | {_ci(c['gain'], True)} | "
                              f"{'(baseline)' if arm == base else _ci(c['diff'], True)} | {_per_seed(c['diff'], True)} |")
+    if rep.get("by_form"):
+        cols = list(rep["by_form"][0]["success"])
+        lines += ["", "Per question form (names masked as <X>; success pooled over the seeds; n = held-out episodes "
+                      "per run):", "", "| task type | form | n | " + " | ".join(c.replace("_", " ") for c in cols) + " |",
+                  "|---|---|---|" + "---|" * len(cols)]
+        for r in rep["by_form"]:
+            lines.append(f"| {r['task_type']} | {r['form']} | {r['episodes']} | "
+                         + " | ".join(_f(r["success"][c]) for c in cols) + " |")
     for arm, rows in (rep.get("alpha_tables") or {}).items():
         lines += ["", f"alpha_clip effect, arm {arm} (per run, its batch with the most shaped tokens reshaped with "
                       f"lambda = 1; mean over {rows[0].get('probes', 1)} runs):", "",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from itertools import zip_longest
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,23 @@ def task_types(spec: EnvSpec, split: str = "train") -> dict[str, str]:
     from envs.search.factory import load_split_tasks
 
     return {t.id: t.data_source for t in load_split_tasks(_opts(spec), spec.cache_dir, split)}
+
+
+_NAME = re.compile(r"(?<=\s)[A-Z][\w'-]*(?:\s+[A-Z][\w'-]*)*")
+
+
+def question_form(question: str) -> str:
+    """The question with its names masked: every run of capitalised words after the first word becomes <X>
+    ("In which city was Sormur Briyornev born?" -> "In which city was <X> born?"). The synthetic KB's questions
+    fall into its ten templates this way; free-text datasets into about as many forms as questions."""
+    return _NAME.sub("<X>", question.strip())
+
+
+def task_forms(spec: EnvSpec, split: str = "train") -> dict[str, str]:
+    """Question id -> its form (`question_form`): the experiment report's per-form table."""
+    from envs.search.factory import load_split_tasks
+
+    return {t.id: question_form(t.question) for t in load_split_tasks(_opts(spec), spec.cache_dir, split)}
 
 
 def demonstrations(spec: EnvSpec, split: str = "train", limit: int | None = None) -> list[tuple[str, list[str]]]:

@@ -190,6 +190,41 @@ def test_render_markdown_tables_with_intervals_and_paired_differences() -> None:
            "s0 +0.500, s1 +0.500 |" in md
 
 
+def test_form_table_pools_seeds_per_question_form() -> None:
+    """q0, q1 share a 1-hop form, q2 and q3 are two 2-hop forms: success per form pooled over each arm's seeds,
+    n = episodes per run, rows by type then form; rendered as its own table."""
+    forms = {"q0": "Who founded <X>?", "q1": "Who founded <X>?", "q2": "In which country is <X>?",
+             "q3": "Who founded the company that <X> works at?"}
+    results = {"grpo": {0: _res([1, 0, 1, 0]), 1: _res([1, 1, 0, 0])}, "opd": {0: _res([0, 0, 0, 1])}}
+    before = _ev([0, 0, 1, 1], TYPES)
+    rows = report.form_table(results, before, forms)
+    assert [(r["task_type"], r["form"], r["episodes"]) for r in rows] == [
+        ("synthetic_1hop", "Who founded <X>?", 2), ("synthetic_2hop", "In which country is <X>?", 1),
+        ("synthetic_2hop", "Who founded the company that <X> works at?", 1)]
+    assert rows[0]["success"] == {"warm_start": 0.0, "grpo": 0.75, "opd": 0.0}  # grpo: s0 1 of 2, s1 2 of 2
+    assert rows[1]["success"] == {"warm_start": 1.0, "grpo": 0.5, "opd": 0.0}
+    assert rows[2]["success"] == {"warm_start": 1.0, "grpo": 0.0, "opd": 1.0}
+    assert report.form_table(results, before, None) == []
+    many = {f"q{i}": f"form {i}" for i in range(report.MAX_FORMS + 1)}  # free-text questions: no table
+    assert report.form_table(results, before, many) == []
+    rep = {"config": None, "overrides": [], "eval_episodes": 4, "warm_start_eval": before, "results": results,
+           "stats": report.compute_stats(results, before), "alpha_tables": {}, "by_form": rows}
+    md = report.render_markdown(rep)
+    assert "| task type | form | n | warm start | grpo | opd |" in md
+    assert "| synthetic_1hop | Who founded <X>? | 2 | 0.000 | 0.750 | 0.000 |" in md
+
+
+def test_question_form_masks_names() -> None:
+    from envs.search.adapter import question_form
+    from envs.search.synthetic import generate_kb
+
+    assert question_form("In which city was Sormur Briyornev born?") == "In which city was <X> born?"
+    assert question_form("Who founded the company that Ana Li works at?") == "Who founded the company that <X> works at?"
+    assert question_form("In what year was Mibriholm founded?") == "In what year was <X> founded?"
+    kb = generate_kb(0)
+    assert len({question_form(t.question) for t in kb.tasks}) == 10  # the generator's ten templates (5 one-hop, 5 two-hop)
+
+
 def _write_run(out: Path, name: str, res: dict, metrics: list | None = None) -> None:
     d = out / name
     d.mkdir(parents=True, exist_ok=True)
