@@ -21,6 +21,7 @@ from learner.scoring import ScoringOptions
 from services.config import ActorResources, Config
 
 _SERVICES: dict[tuple[str, str | None, str | None], tuple[str, Any]] = {}  # retrieval services started here
+_SIBLINGS: set[tuple[str, str | None, str | None]] = set()  # ... or shared with another driver that started it
 
 
 def retrieval_url(cfg: Config) -> str:
@@ -28,9 +29,13 @@ def retrieval_url(cfg: Config) -> str:
     (kept for the life of this process; started once per (url, corpus, data))."""
     from services.search.launcher import ensure_service
 
+    from envs.search.client import probe
+
     key = _service_key(cfg)
     if key not in _SERVICES:
-        _SERVICES[key] = ensure_service(cfg.env.search, cfg.model.cache_dir)
+        _SERVICES[key] = url, handle = ensure_service(cfg.env.search, cfg.model.cache_dir)
+        if handle is None and (probe(url) or {}).get("managed"):
+            _SIBLINGS.add(key)  # another driver's service, shared: restarted here if it goes (heal_retrieval)
     return _SERVICES[key][0]
 
 
@@ -41,14 +46,14 @@ def _service_key(cfg: Config) -> tuple[str, str | None, str | None]:
 
 def heal_retrieval(cfg: Config) -> str | None:
     """After a step with retrieval errors: if the retrieval service this run uses no longer answers and it is
-    this run's to manage -- started here, or a sibling driver's found at the url while `start_service` is true
-    (that driver may have finished) -- start one again on the same URL (its env clients keep working) and
-    return that URL; None when it answers, or when it is the user's (start_service false: theirs to restart)."""
+    this run's to manage -- started here, or a sibling driver's (started by its `ensure_service`; that driver may
+    have finished) -- start one again on the same URL (its env clients keep working) and return that URL; None
+    when it answers, or when it is the user's (theirs to restart)."""
     from envs.search.client import probe
     from services.search.launcher import ensure_service
 
     sc, key = cfg.env.search, _service_key(cfg)
-    if key not in _SERVICES or (_SERVICES[key][1] is None and not sc.start_service):
+    if key not in _SERVICES or (_SERVICES[key][1] is None and (key not in _SIBLINGS or not sc.start_service)):
         return None
     url, handle = _SERVICES[key]
     if probe(url, min(sc.timeout_s, 2.0)) is not None:
@@ -65,6 +70,7 @@ def heal_retrieval(cfg: Config) -> str | None:
 
 def stop_retrieval_services() -> None:
     """Stop the retrieval services this process started (tests; a driver's are daemon threads anyway)."""
+    _SIBLINGS.clear()
     while _SERVICES:
         _, handle = _SERVICES.popitem()[1]
         if handle is not None:

@@ -3,8 +3,9 @@
     POST /retrieve {"queries": [str, ...], "topk": 3, "return_scores": true}
       -> {"result": [[{"document": {"id", "contents"}, "score": float}, ...], ...]}   (return_scores true)
       -> {"result": [[{"id", "contents"}, ...], ...]}                                  (return_scores false)
-    GET /health -> {"status": "ok", "retriever", "num_docs", "name", "digest", "max_topk", "max_batch"}
-(digest: the index's corpus sha1, so a driver can tell whether a service already answering serves its corpus)
+    GET /health -> {"status": "ok", "retriever", "num_docs", "name", "digest", "managed", "max_topk", "max_batch"}
+(digest: the index's corpus sha1; managed: started by a driver's `ensure_service`, not by a user -- so a driver can
+tell a sibling's service on the default port, which must serve its corpus to be shared, from the user's own)
 
 Search-R1's server returns documents without scores when `return_scores` is false; so do we. Malformed bodies,
 an empty or oversized query batch, and topk outside [1, max_topk] are rejected with 422 and a message (Search-R1
@@ -36,7 +37,7 @@ class RetrieveRequest(BaseModel):
 
 
 def create_app(retriever: Retriever, default_topk: int = 3, max_topk: int = DEFAULT_MAX_TOPK,
-               max_batch: int = DEFAULT_MAX_BATCH, name: str = "", digest: str = "") -> FastAPI:
+               max_batch: int = DEFAULT_MAX_BATCH, name: str = "", digest: str = "", managed: bool = False) -> FastAPI:
     app = FastAPI(title="stepopsd retrieval", description="Search-R1-compatible retrieval service")
 
     def reject(message: str, detail: Any = None) -> JSONResponse:
@@ -53,7 +54,7 @@ def create_app(retriever: Retriever, default_topk: int = 3, max_topk: int = DEFA
     @app.get("/health")
     def health() -> dict[str, Any]:
         return {"status": "ok", "retriever": retriever.name, "num_docs": retriever.num_docs(), "name": name,
-                "digest": digest, "max_topk": max_topk, "max_batch": max_batch}
+                "digest": digest, "managed": managed, "max_topk": max_topk, "max_batch": max_batch}
 
     @app.post("/retrieve", response_model=None)
     def retrieve(req: RetrieveRequest) -> dict[str, Any] | JSONResponse:
@@ -77,8 +78,10 @@ def create_app(retriever: Retriever, default_topk: int = 3, max_topk: int = DEFA
 
 
 def create_app_from_index(index_dir: str, retriever: str = "bm25", default_topk: int = 3,
-                          max_topk: int = DEFAULT_MAX_TOPK, max_batch: int = DEFAULT_MAX_BATCH) -> FastAPI:
+                          max_topk: int = DEFAULT_MAX_TOPK, max_batch: int = DEFAULT_MAX_BATCH,
+                          managed: bool = False) -> FastAPI:
     from services.search.index import load_retriever, read_meta
 
     r, meta = load_retriever(index_dir, retriever), read_meta(index_dir)
-    return create_app(r, default_topk, max_topk, max_batch, name=meta.get("name", ""), digest=meta.get("digest", ""))
+    return create_app(r, default_topk, max_topk, max_batch, name=meta.get("name", ""), digest=meta.get("digest", ""),
+                      managed=managed)

@@ -71,17 +71,18 @@ def ensure_service(cfg: SearchEnvConfig, cache_dir: str | Path) -> tuple[str, Se
 
     Nothing answers at `cfg.url` and `start_service` is true: the corpus's index is resolved (built into the
     cache on first use) and served in this process, on `url`'s own port when that is a free loopback port (so
-    sibling processes on the node find it at the configured address), else on a free loopback port. Something
-    answers and `start_service` is true: it is used only if it serves this run's corpus (`serves`: a test's or
-    another experiment's service on the default port must not answer this run's queries); otherwise this run
-    starts its own on a free port and says so.
+    sibling processes on the node find it at the configured address), else on a free loopback port (services
+    started here say `managed` in /health). A service that answers is used as is when it is the user's (not
+    managed, or start_service false); a managed one -- another driver's, a test's or another experiment's on
+    the default port -- only if it serves this run's corpus (`serves`), else this run starts its own on a free
+    port and says so.
     """
     from services.search.index import read_meta
     from services.search.resolve import resolve_index
 
     answer = probe(cfg.url, min(cfg.timeout_s, 2.0))
-    if answer is not None and not cfg.start_service:
-        return cfg.url, None  # the user's service: theirs to configure
+    if answer is not None and (not cfg.start_service or not answer.get("managed")):
+        return cfg.url, None  # the user's service (external, or `stepopsd search serve`): theirs to configure
     if answer is None and not cfg.start_service:
         raise SearchServiceError(
             f"no retrieval service answers at {cfg.url} and env.search.start_service is false: start one with "
@@ -91,16 +92,16 @@ def ensure_service(cfg: SearchEnvConfig, cache_dir: str | Path) -> tuple[str, Se
     if answer is not None:
         if serves(answer, meta):
             return cfg.url, None  # a sibling driver's service for the same corpus
-        _log.warning("the retrieval service at %s serves %s, not this run's corpus %s (%s); starting this run's "
-                     "own on a free port", cfg.url, _describe(answer), meta.get("name"), index)
+        _log.warning("the retrieval service at %s (started by another run) serves %s, not this run's corpus %s "
+                     "(%s); starting this run's own on a free port", cfg.url, _describe(answer), meta.get("name"), index)
     parts = urlsplit(cfg.url)
     if answer is None and parts.hostname in _LOOPBACK and parts.port:
         try:
-            return cfg.url, start_service(index, host="127.0.0.1", port=parts.port, ready_timeout_s=15)
+            return cfg.url, start_service(index, host="127.0.0.1", port=parts.port, ready_timeout_s=15, managed=True)
         except RuntimeError:  # port taken (maybe a sibling just started it)
             if (again := probe(cfg.url)) is not None and serves(again, meta):
                 return cfg.url, None
-    service = start_service(index)
+    service = start_service(index, managed=True)
     return service.url, service
 
 

@@ -115,21 +115,27 @@ def test_default_pool_zero_setup(tmp_path):
         service.stop()
 
 
-def test_a_service_for_another_corpus_is_not_used(tmp_path, kb_service):
-    """A service already answering at the url that serves another corpus (a test's, another experiment's, on the
-    default port) must not answer this run's queries: the driver starts its own on a free port. One serving the
-    same corpus (same digest) is shared."""
-    _, other = kb_service
-    got_url, own = ensure_service(SearchEnvConfig(url=other.url), tmp_path)
+def test_a_sibling_service_for_another_corpus_is_not_used(tmp_path, kb_service):
+    """A service another driver started (`managed`: a test's or another experiment's, on the default port) that
+    serves another corpus must not answer this run's queries: the driver starts its own on a free port. One
+    serving the same corpus (same digest) is shared. The user's own service (not managed) is used as is."""
+    kb, users = kb_service
+    corpus, _ = write_kb(kb, tmp_path / "other")
+    sibling = start_service(build_index(corpus, tmp_path / "other" / "index"), managed=True)
+    got_url, own = ensure_service(SearchEnvConfig(url=sibling.url), tmp_path / "cache")
     try:
-        assert own is not None and got_url != other.url
+        assert probe(sibling.url)["managed"] is True and probe(users.url)["managed"] is False
+        assert own is not None and got_url != sibling.url
         mine = probe(got_url)
-        assert mine["name"] == "synthetic-s0" and probe(other.url)["name"] == "kb"
-        assert mine["digest"] == read_meta(tmp_path / "search" / "synthetic-s0" / "index")["digest"]
-        shared_url, started = ensure_service(SearchEnvConfig(url=got_url), tmp_path)
+        assert mine["name"] == "synthetic-s0" and mine["managed"] is True and probe(sibling.url)["name"] == "other"
+        assert mine["digest"] == read_meta(tmp_path / "cache" / "search" / "synthetic-s0" / "index")["digest"]
+        shared_url, started = ensure_service(SearchEnvConfig(url=got_url), tmp_path / "cache")
         assert started is None and shared_url == got_url
+        theirs_url, none = ensure_service(SearchEnvConfig(url=users.url), tmp_path / "cache")
+        assert none is None and theirs_url == users.url
     finally:
         own.stop()
+        sibling.stop()
 
 
 def test_serves_compares_the_digest_else_name_and_size():

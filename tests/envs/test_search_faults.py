@@ -121,8 +121,8 @@ def test_driver_restarts_the_local_service_it_owns(tmp_path):
 
 def test_driver_restarts_a_vanished_sibling_service(tmp_path):
     """A sibling driver's service for the same corpus is shared while it lives; when that driver finishes (its
-    service goes), this run starts one on the same url instead of failing its episodes. With start_service false
-    the service is the user's: left alone."""
+    service goes), this run starts one on the same url instead of failing its episodes. The user's own service
+    is left alone."""
     from services import wiring
     from services.config import load_config
     from services.search.launcher import ensure_service
@@ -136,10 +136,16 @@ def test_driver_restarts_a_vanished_sibling_service(tmp_path):
         sibling.stop()
         assert probe(url, 0.5) is None
         assert wiring.heal_retrieval(cfg) == url and probe(url, 1.0) is not None
-        wiring._SERVICES[(url, None, None)][1].stop()
-        users = cfg.model_copy(deep=True)
-        users.env.search.start_service = False
-        wiring._SERVICES[(url, None, None)] = (url, None)
-        assert wiring.heal_retrieval(users) is None  # the user's service: theirs to restart
+    finally:
+        wiring.stop_retrieval_services()
+    # the user's own service (not started by a driver) is theirs to restart
+    kb = generate_kb(0, n_people=40)
+    corpus, _ = write_kb(kb, tmp_path / "kb")
+    users = start_service(build_index(corpus, tmp_path / "kb" / "index"))
+    cfg = load_config(None, ["env.name=search", f"env.search.url={users.url}", f"model.cache_dir={tmp_path}"])
+    try:
+        assert wiring.retrieval_url(cfg) == users.url
+        users.stop()
+        assert probe(users.url, 0.5) is None and wiring.heal_retrieval(cfg) is None
     finally:
         wiring.stop_retrieval_services()
