@@ -27,9 +27,8 @@ _SIBLINGS: set[tuple[str, str | None, str | None]] = set()  # ... or shared with
 def retrieval_url(cfg: Config) -> str:
     """Where the Search-QA envs reach retrieval: `env.search.url`, or the local service started for it
     (kept for the life of this process; started once per (url, corpus, data))."""
-    from services.search.launcher import ensure_service
-
     from envs.search.client import probe
+    from services.search.launcher import ensure_service
 
     key = _service_key(cfg)
     if key not in _SERVICES:
