@@ -245,29 +245,27 @@ def form_table(results: dict[str, dict[int, Any]], before: dict[str, Any] | None
     if not forms or len(set(forms.values())) > MAX_FORMS:
         return []
 
-    def tally(evs: list[dict[str, Any]]) -> dict[str, list[int]]:  # form -> [wins, episodes]
-        hits: dict[str, list[int]] = {}
+    evals = {"warm_start": [before] if before else []}
+    evals |= {arm: [r["eval"] for r in runs.values()] for arm, runs in results.items() if runs}
+    hits: dict[str, dict[str, list[int]]] = {}  # column -> form -> [wins, episodes]
+    kind: dict[str, str] = {}  # form -> task type
+    per_run: dict[str, int] = {}  # form -> episodes in one evaluation (the same task list for every run)
+    for col, evs in evals.items():
+        tally = hits[col] = {}
         for ev in evs:
+            counts: dict[str, int] = {}
             for e in outcomes(ev) or []:
-                if (f := forms.get(e["task_id"])) is not None:
-                    h = hits.setdefault(f, [0, 0])
-                    h[0], h[1] = h[0] + int(e["success"]), h[1] + 1
-        return hits
-
-    cols = {"warm_start": tally([before] if before else [])}
-    cols |= {arm: tally([r["eval"] for r in runs.values()]) for arm, runs in results.items() if runs}
-    n_runs = {"warm_start": 1} | {arm: len(runs) for arm, runs in results.items() if runs}
-    kind: dict[str, str] = {}
-    for ev in [before] + [r["eval"] for runs in results.values() for r in runs.values()]:
-        for e in outcomes(ev) or []:
-            if e["task_id"] in forms:
-                kind.setdefault(forms[e["task_id"]], e["task_type"])
-    rows = []
-    for f in sorted({f for c in cols.values() for f in c}, key=lambda f: (kind.get(f, ""), f)):
-        col, h = next((c, cols[c][f]) for c in cols if f in cols[c])
-        rows.append({"form": f, "task_type": kind.get(f, ""), "episodes": h[1] // n_runs[col],
-                     "success": {c: (t[f][0] / t[f][1] if f in t else None) for c, t in cols.items()}})
-    return rows
+                if (f := forms.get(e["task_id"])) is None:
+                    continue
+                kind.setdefault(f, e["task_type"])
+                counts[f] = counts.get(f, 0) + 1
+                h = tally.setdefault(f, [0, 0])
+                h[0], h[1] = h[0] + int(e["success"]), h[1] + 1
+            for f, n in counts.items():
+                per_run.setdefault(f, n)
+    return [{"form": f, "task_type": kind[f], "episodes": per_run[f],
+             "success": {c: (t[f][0] / t[f][1] if f in t else None) for c, t in hits.items()}}
+            for f in sorted(per_run, key=lambda f: (kind[f], f))]
 
 
 def build_report(out: Path, arms: list[str], seeds: int, *, config: str | None, overrides: list[str] | None,

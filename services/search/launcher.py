@@ -98,8 +98,8 @@ def ensure_service(cfg: SearchEnvConfig, cache_dir: str | Path) -> tuple[str, Se
     if answer is None and parts.hostname in _LOOPBACK and parts.port:
         try:
             return cfg.url, start_service(index, host="127.0.0.1", port=parts.port, ready_timeout_s=15, managed=True)
-        except RuntimeError:  # port taken (maybe a sibling just started it)
-            if (again := probe(cfg.url)) is not None and serves(again, meta):
+        except RuntimeError:  # port taken (maybe a sibling just started it): the same rule as above
+            if (again := probe(cfg.url)) is not None and (not again.get("managed") or serves(again, meta)):
                 return cfg.url, None
     service = start_service(index, managed=True)
     return service.url, service
