@@ -11,7 +11,7 @@ export RAY_USAGE_STATS_ENABLED := 0
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup run test lint bench clean-venv
+.PHONY: setup run test lint bench prometheus clean-venv
 
 $(STAMP): pyproject.toml $(CONSTRAINTS) deploy/install.sh
 	PYTHON=$(PYTHON) VENV=$(VENV) bash deploy/install.sh
@@ -35,6 +35,14 @@ lint: setup
 
 bench: setup
 	$(BIN)/python benchmarks/run_all.py
+
+# Watch a run's Std(Δ) live: Prometheus on deploy/prometheus.yml (it finds a Ray run through the file-SD targets
+# the driver writes, an in-process run on :9464), then open http://127.0.0.1:9090/consoles/stepopsd.html
+prometheus:
+	bash deploy/install_system.sh prometheus
+	prometheus --config.file=deploy/prometheus.yml --storage.tsdb.path=/tmp/prom-stepopsd \
+	  --web.listen-address=127.0.0.1:9090 \
+	  --web.console.templates=deploy/consoles --web.console.libraries=deploy/console_libraries
 
 clean-venv:
 	rm -rf $(VENV)

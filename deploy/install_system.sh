@@ -3,9 +3,18 @@
 # 2.x still serves console templates), chromium (headless screenshot test) and openssh-server (`ray up` over
 # ssh to 127.0.0.1 in the local cluster check). Idempotent: installs only
 # what is missing, so `make test` can call it every time. Needs root (or sudo) on Debian/Ubuntu.
+# `install_system.sh prometheus` installs Prometheus alone (`make prometheus`).
 set -euo pipefail
 need=()
 command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+if [ "${1:-}" = "prometheus" ]; then
+  if [ ${#need[@]} -gt 0 ]; then
+    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    export DEBIAN_FRONTEND=noninteractive
+    $SUDO apt-get update -q && $SUDO apt-get install -y -q prometheus
+  fi
+  exit 0
+fi
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 # sshd for the `ray up` check against this machine (deploy/jobs/local_cluster_check.sh, local node provider)
 [ -x /usr/sbin/sshd ] || need+=(openssh-server)

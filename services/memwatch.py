@@ -13,23 +13,32 @@ import threading
 import psutil
 
 
-def tree_memory_bytes(root: psutil.Process) -> tuple[int, int]:
-    """(sum of PSS, number of processes) over root and its descendants."""
-    total, n = 0, 0
+def tree_memory(root: psutil.Process) -> list[tuple[str, int]]:
+    """(process title, PSS bytes) of root and each of its descendants (RSS where PSS is unreadable)."""
     try:
         procs = [root, *root.children(recursive=True)]
     except psutil.Error:
-        return 0, 0
+        return []
+    out = []
     for p in procs:
         try:
             try:
-                total += p.memory_full_info().pss
+                b = p.memory_full_info().pss
             except (psutil.AccessDenied, AttributeError):
-                total += p.memory_info().rss
-            n += 1
+                b = p.memory_info().rss
+            cmd = p.cmdline()
+            # Ray names its workers by title ("ray::LearnerWorker"); others by their command's first words
+            title = cmd[0] if cmd and cmd[0].startswith("ray::") else (p.name() if p is not root else "driver")
+            out.append((title, int(b)))
         except psutil.Error:
             continue
-    return total, n
+    return out
+
+
+def tree_memory_bytes(root: psutil.Process) -> tuple[int, int]:
+    """(sum of PSS, number of processes) over root and its descendants."""
+    per = tree_memory(root)
+    return sum(b for _, b in per), len(per)
 
 
 class MemWatch:
@@ -37,16 +46,27 @@ class MemWatch:
         self.interval_s = interval_s
         self.peak_bytes = 0
         self.peak_procs = 0
+        self.peak_top: list[tuple[str, int]] = []  # (process title, PSS bytes) of the biggest at the peak
+        self.phase = "start"  # what the run is doing (set by the driver), recorded with the peak
+        self.peak_phase = ""
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True, name="memwatch")
         self._root = psutil.Process()
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            b, n = tree_memory_bytes(self._root)
+            per = tree_memory(self._root)
+            b = sum(x for _, x in per)
             if b > self.peak_bytes:
-                self.peak_bytes, self.peak_procs = b, n
+                self.peak_bytes, self.peak_procs = b, len(per)
+                self.peak_top = sorted(per, key=lambda t: -t[1])[:5]
+                self.peak_phase = self.phase
             self._stop.wait(self.interval_s)
+
+    def top_line(self) -> str:
+        """The biggest processes at the peak, and the phase the run was in then."""
+        top = ", ".join(f"{t.removeprefix('ray::')} {b / 2**30:.2f}" for t, b in self.peak_top)
+        return f"at the peak ({self.peak_phase}): {top} GiB"
 
     def start(self) -> MemWatch:
         self._thread.start()

@@ -289,3 +289,41 @@ class Metrics:
         if self._impl is not None:
             self._impl.close()
             self._impl = None
+
+
+# Where deploy/prometheus.yml's `ray` job reads its targets (Prometheus file-SD; the path Ray's dashboard writes).
+RAY_SERVICE_DISCOVERY_FILE = "/tmp/ray/prom_metrics_service_discovery.json"
+# The one command that starts Prometheus on deploy/prometheus.yml (Makefile target), and what to open then.
+PROMETHEUS_COMMAND = "make prometheus"
+PROMETHEUS_CONSOLE = "http://127.0.0.1:9090/consoles/stepopsd.html"
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether a TCP server could bind `host:port` now."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def write_ray_service_discovery(path: str = RAY_SERVICE_DISCOVERY_FILE) -> list[str]:
+    """Write the metrics-export address of every live Ray node as Prometheus file-SD targets, in the format
+    Ray's own writer uses (`[{"labels": {"job": "ray"}, "targets": [...]}]`; atomic replace). Ray writes this
+    file only from its dashboard, which a local Ray started by the driver does not run. Returns the targets."""
+    import json
+    import os
+
+    import ray
+
+    targets = [f"{n['NodeManagerAddress']}:{n['MetricsExportPort']}" for n in ray.nodes()
+               if n.get("alive") and n.get("MetricsExportPort")]
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.stepopsd.tmp"
+    with open(tmp, "w") as f:
+        json.dump([{"labels": {"job": "ray"}, "targets": targets}], f)
+    os.replace(tmp, path)
+    return targets

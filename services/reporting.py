@@ -11,6 +11,7 @@ from services.config import Config
 from services.rundir import RunDir
 
 UPDATE_KEYS = ("loss", "grad_norm", "approx_kl", "kl", "skipped_rows", "entropy")
+STAGES = ("rollout", "score", "update")  # the pipeline's stages, timed inside their workers
 
 
 class StepReporter:
@@ -93,7 +94,8 @@ class StepReporter:
                 f"step {row['step']:>4} | success {row['success_rate']:.2f} | Std(Δ) {row['delta_std']:.3f} | "
                 f"λ {row['lam']:.3f} α {row['alpha']:.3f} | cov {row['teacher_coverage']:.2f} | "
                 f"tok/s {row['tokens_per_s']:.0f} | rollout {row['rollout_seconds']:.1f}s score "
-                f"{row['score_seconds']:.1f}s update {row['update_seconds']:.1f}s | stale {row['staleness']}"
+                f"{row['score_seconds']:.1f}s update {row['update_seconds']:.1f}s step {row['step_seconds']:.1f}s | "
+                f"stale {row['staleness']}"
                 + (" | teacher refreshed" if row["teacher_refreshed"] else ""))
 
     def learning_summary(self, window: int = 3) -> str:
@@ -165,6 +167,32 @@ def describe_fleet(actors: list[dict[str, Any]]) -> str:
             lines.append(f"  {role:<8} x{len(mine)} ({given}): " + "  ".join(
                 f"{a['index']}:pid {a['pid']}@{str(a['node'])[:12]}" for a in mine))
     return "\n".join(lines)
+
+
+def describe_actors(actors: list[dict[str, Any]], mode: str) -> str:
+    """The summary's actor line: role and pid of each actor (one pid for all in-process)."""
+    many = {r for r in {a["role"] for a in actors} if sum(a["role"] == r for a in actors) > 1}
+    return f"actors ({mode}): " + ", ".join(
+        f"{a['role']}{a['index'] if a['role'] in many else ''} pid {a['pid']}" for a in actors)
+
+
+def stage_overlap(stage_seconds: dict[str, float], wall_s: float) -> dict[str, Any]:
+    """How much stage time the pipeline hid by running stages side by side.
+
+    `stage_seconds`: total seconds per stage over the steps (each timed inside its worker), `wall_s`: the
+    pipeline's wall time over the same steps (first rollout submitted -> last step reported; it also holds the
+    weight syncs and checkpoints, so `hidden_fraction` is a lower bound). hidden_fraction = (Σ stages − wall) /
+    Σ stages: 0 when the stages ran one after another, negative when the step overheads exceed any overlap."""
+    total = sum(stage_seconds.values())
+    return {"stages": {k: round(v, 3) for k, v in stage_seconds.items()}, "stage_seconds": round(total, 3),
+            "wall_seconds": round(wall_s, 3), "hidden_fraction": (total - wall_s) / total if total > 0 else 0.0}
+
+
+def overlap_line(o: dict[str, Any], max_staleness: int) -> str:
+    """The console's overlap line from `stage_overlap`."""
+    parts = " + ".join(f"{k} {v:.0f}s" for k, v in o["stages"].items())
+    return (f"stage overlap (max_staleness {max_staleness}): {parts} = {o['stage_seconds']:.0f}s of stage time in "
+            f"{o['wall_seconds']:.0f}s of pipeline wall: {100 * o['hidden_fraction']:.0f}% hidden by overlap")
 
 
 def merge_rollout_stats(parts: list[dict[str, Any]]) -> dict[str, Any]:

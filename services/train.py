@@ -31,7 +31,16 @@ from learner.batch import ScoreStats
 from services.checkpointing import restore_fleet, save_fleet_checkpoint
 from services.config import Config, ConfigError, dump_config, load_config
 from services.interrupt import TrainingInterrupted, stop_on_signals
-from services.reporting import StepReporter, describe_fleet, merge_rollout_stats, merge_sync
+from services.reporting import (
+    STAGES,
+    StepReporter,
+    describe_actors,
+    describe_fleet,
+    merge_rollout_stats,
+    merge_sync,
+    overlap_line,
+    stage_overlap,
+)
 from services.rundir import SNAPSHOT, RunDir
 from services.wiring import Fleet, build_fleet, heal_retrieval, policy_model_path, split_groups
 
@@ -80,6 +89,10 @@ class Trainer:
         self._sent: list[Any] = []
         self.held_out_line: str | None = None
         self.eval_summary: dict[str, Any] | None = None
+        # stage overlap: rollout / score / update seconds of every step run here, and the pipeline's wall time
+        # from the first rollout submitted to the last step reported (over recoveries: segments added)
+        self.stage_seconds = dict.fromkeys(STAGES, 0.0)
+        self.pipeline_wall = self._wall_done = self._t_segment = 0.0
 
     def _log(self, msg: str) -> None:
         if self.console is not None:
@@ -98,11 +111,14 @@ class Trainer:
 
         self.memwatch = MemWatch().start()
         t_run = time.perf_counter()
+        self.memwatch.phase = "warm start"
         self.model_path = policy_model_path(cfg, log=self._log)
         from services.export import BASE_FILE
 
         rd.write_json(BASE_FILE, {"model_path": str(self.model_path)})  # what `stepopsd export` loads weights into
+        self.memwatch.phase = "held-out evaluation before RL"
         before = self._held_out(self.model_path, "eval_before.json") if cfg.run.eval_episodes else None
+        self.memwatch.phase = "training"
         self.report: StepReporter | None = None  # made once the fleet (and so Ray) is up: Ray metrics need ray.init
         self.recoveries = 0
         first_start: int | None = None
@@ -136,7 +152,8 @@ class Trainer:
         final = export_checkpoint(ck, rd.root / "final_hf", cfg, str(self.model_path), log=self._log)
         self._log(f"final policy: {final}")
         if before is not None:
-            fleet.shutdown()  # free the actors' memory and cores for the evaluation
+            self._release_fleet()  # free the actors' memory and cores for the evaluation
+            self.memwatch.phase = "held-out evaluation after RL"
             after = self._held_out(str(final), "eval_after.json")
             self.held_out_line = (f"held-out success: before {before['success_rate']:.3f} -> after "
                                   f"{after['success_rate']:.3f} ({int(after['episodes'])} episodes)")
@@ -154,6 +171,8 @@ class Trainer:
         self._log(describe_fleet(self.actors))
         if self.report is None:
             self.report = StepReporter(cfg, rd, self._log, resume.history if resume else None)
+            if self.remote and cfg.metrics.ray_metrics:
+                self._log_live_metrics()
         self.task_ids = list(fleet.rollout.get(fleet.rollout.task_ids()))
         if not self.task_ids:
             raise RuntimeError("the environment offers no tasks")
@@ -183,6 +202,7 @@ class Trainer:
         self.next_launch = start
         while self.next_launch in self.rollouts:
             self.next_launch += 1
+        self._t_segment = time.perf_counter()
         self._launch_until(start + self.lookahead)
         return start, teacher_version, scored
 
@@ -241,6 +261,9 @@ class Trainer:
                 if evals is not None:
                     row["eval"] = self._eval_collect(evals)
                 self.report.emit(row)
+                for k in STAGES:
+                    self.stage_seconds[k] += float(row[f"{k}_seconds"])
+                self.pipeline_wall = self._wall_done + time.perf_counter() - self._t_segment
                 if "eval" in row:
                     m = row["eval"]
                     self._log(f"eval {n + 1:>5} | held-out success {m['success_rate']:.3f} ({int(m['episodes'])} episodes, "
@@ -258,6 +281,7 @@ class Trainer:
         fleet, rebuild it from the last checkpoint (the work since it is redone: the same batches, seeds and
         weights), count it. Returns the resume state."""
         self.recoveries += 1
+        self._wall_done = self.pipeline_wall
         ck = self.rundir.latest_checkpoint()
         if ck is None:
             raise RuntimeError("an actor died before the first checkpoint") from e
@@ -278,6 +302,17 @@ class Trainer:
         self._log(f"[yellow]{name}: finishing the current step, then checkpoint and stop "
                   "(send it again to abandon the step)")
 
+    def _release_fleet(self) -> None:
+        """Training is over: stop the actors and, when this run started it, the local Ray (its raylet, GCS and
+        idle workers), waiting until their processes are gone -- `ray.kill` only asks."""
+        assert self.fleet is not None
+        self.fleet.shutdown()
+        if self.started_ray:
+            import ray
+
+            ray.shutdown()
+            self.started_ray = False
+
     def _shutdown(self) -> None:
         """Stop every actor of the fleet and the local Ray instance this run started (a cluster it joined, or a
         Ray the caller started, is left running)."""
@@ -290,6 +325,16 @@ class Trainer:
             import ray
 
             ray.shutdown()
+
+    def _log_live_metrics(self) -> None:
+        """Where a user watches this run live: the Ray metrics agent's endpoint and the command that starts
+        Prometheus on deploy/prometheus.yml (it finds the endpoint through Ray's file-SD targets)."""
+        from services.metrics import PROMETHEUS_COMMAND, PROMETHEUS_CONSOLE
+        from services.wiring import ray_metrics_endpoint
+
+        where = ray_metrics_endpoint() or "this node's Ray metrics agent"
+        self._log(f"live metrics: {where} (ray_stepopsd_delta_std and the other stepopsd_* series, every step) | "
+                  f"watch Std(Δ) while it trains: `{PROMETHEUS_COMMAND}` in another shell, then open {PROMETHEUS_CONSOLE}")
 
     def _held_out(self, model_path: str, name: str) -> dict[str, Any]:
         from services.heldout import held_out
@@ -398,15 +443,21 @@ class Trainer:
         peak = self.memwatch.stop()
         summary = {"steps": self.cfg.run.steps, "started_at_step": start, "wall_seconds": time.perf_counter() - t_run,
                    "peak_memory_gib": round(peak, 3), "peak_memory_processes": self.memwatch.peak_procs,
+                   "peak_memory_phase": self.memwatch.peak_phase,
+                   "peak_memory_top_gib": [[t, round(b / 2**30, 3)] for t, b in self.memwatch.peak_top],
                    "model_path": self.model_path, "mode": self.cfg.pipeline.mode,
                    "final_hf": str(self.rundir.root / "final_hf"), "held_out": self.eval_summary,
                    "weight_sync": self.cfg.pipeline.weight_sync, "actors": self.actors,
-                   "recoveries": self.recoveries}
+                   "recoveries": self.recoveries, "max_staleness": self.cfg.pipeline.max_staleness,
+                   "stage_overlap": stage_overlap(self.stage_seconds, self.pipeline_wall)}
         self.rundir.write_json("summary.json", summary)
-        self._log(f"peak memory (PSS, driver + {self.memwatch.peak_procs - 1} child processes): {peak:.2f} GiB | "
+        self._log(f"peak memory (PSS, driver + {self.memwatch.peak_procs - 1} child processes): {peak:.2f} GiB "
+                  f"{self.memwatch.top_line()} | "
                   f"wall {summary['wall_seconds']:.0f}s")
         self.report.close()
         self._log(self.report.learning_summary())
+        self._log(overlap_line(summary["stage_overlap"], self.cfg.pipeline.max_staleness))
+        self._log(describe_actors(self.actors, self.cfg.pipeline.mode))
         self._log(f"curves: {self.run_dir / 'curve.png'} | metrics: {self.rundir.metrics_path}")
         if self.held_out_line:
             self._log(self.held_out_line)

@@ -23,7 +23,7 @@ def run(args: argparse.Namespace) -> int:
     from services.train import TrainingInterrupted, train
 
     overrides = list(args.overrides) + (["pipeline.mode=inprocess"] if args.inprocess else [])
-    console = Console()
+    console = Console(soft_wrap=True)  # one line per message: the terminal wraps; a log stays greppable
     try:
         run_dir = train(args.config, overrides, resume=args.resume, console=console)
     except TrainingInterrupted as e:

@@ -127,8 +127,31 @@ def init_ray(cfg: Config) -> bool:
     if addr:
         ray.init(address=addr, runtime_env=runtime_env)
         return False
-    ray.init(num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False, runtime_env=runtime_env)
+    from services.metrics import port_is_free, write_ray_service_discovery
+    from services.search.launcher import free_port
+
+    port = cfg.metrics.ray_export_port  # Ray's agent binds every interface: check the port there
+    port = port if port and port_is_free(port, "") else free_port("")
+    ray.init(num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False, runtime_env=runtime_env,
+             _metrics_export_port=port)
+    # no dashboard (it costs memory on a 2-core box), so nothing of Ray's writes the file-SD targets
+    # deploy/prometheus.yml reads: write them as Ray's own writer would, so `make prometheus` finds this run
+    write_ray_service_discovery()
     return True
+
+
+def ray_metrics_endpoint() -> str | None:
+    """The Prometheus text endpoint of this node's Ray metrics agent (where `ray.util.metrics` of the driver
+    and the actors on it are exported), or None when Ray is not up or does not say."""
+    import ray
+
+    if not ray.is_initialized():
+        return None
+    me = ray.util.get_node_ip_address()
+    for node in ray.nodes():
+        if node.get("alive") and node.get("NodeManagerAddress") == me and node.get("MetricsExportPort"):
+            return f"http://{me}:{node['MetricsExportPort']}/metrics"
+    return None
 
 
 @dataclass
@@ -211,6 +234,14 @@ def _make(cls: type, args: tuple[Any, ...], res: ActorResources, remote: bool, *
                          resources=dict(res.custom) or None, **flags)
 
 
+def _model_of(cfg: Config, res: ActorResources) -> Any:
+    """The model section an actor of a role is built with: `resources.<role>.torch_threads` in Ray mode (each
+    actor its own process); in-process every worker shares the driver's threads (model.torch_threads)."""
+    if res.torch_threads is None or cfg.pipeline.mode != "ray":
+        return cfg.model
+    return cfg.model.model_copy(update={"torch_threads": res.torch_threads})
+
+
 def split_groups(n_groups: int, n_workers: int) -> list[tuple[int, int]]:
     """(first group, count) per rollout worker: contiguous, sizes differing by at most one; workers beyond
     `n_groups` get (n_groups, 0)."""
@@ -239,13 +270,13 @@ def build_fleet(cfg: Config, model_path: str, snapshot_path: str) -> Fleet:
         mine = [_make(EnvPoolWorker, (spec, per_pool, k * n_env + i), r.env, remote, restartable=True)
                 for i in range(n_env)]
         envs += mine
-        rollouts.append(_make(RolloutWorker, (cfg.model, cfg.rollout, cfg.run.seed, spec, mine, model_path),
+        rollouts.append(_make(RolloutWorker, (_model_of(cfg, r.rollout), cfg.rollout, cfg.run.seed, spec, mine, model_path),
                               r.rollout, remote))
-    teachers = [_make(TeacherWorker, (cfg.model, cfg.rollout, cfg.run.seed, spec, scoring_options(cfg), snapshot_path,
+    teachers = [_make(TeacherWorker, (_model_of(cfg, r.teacher), cfg.rollout, cfg.run.seed, spec, scoring_options(cfg), snapshot_path,
                                       model_path, cfg.stepopsd.teacher_engine, j),
                       r.teacher, remote, restartable=True, retry_tasks=True)
                 for j in range(cfg.stepopsd.num_teacher_workers)]
-    learners = [_make(LearnerWorker, (cfg.model, cfg.learner, cfg.run.seed, model_path, w), r.learner, remote)
+    learners = [_make(LearnerWorker, (_model_of(cfg, r.learner), cfg.learner, cfg.run.seed, model_path, w), r.learner, remote)
                 for w in range(cfg.learner.num_workers)]
     resources = None if not remote else {role: res.model_dump() for role, res in
                  (("env", r.env), ("rollout", r.rollout), ("teacher", r.teacher), ("learner", r.learner))}

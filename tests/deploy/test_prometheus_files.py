@@ -40,6 +40,9 @@ def test_prometheus_config_reads_ray_service_discovery_and_strips_ray_prefix():
     cfg = yaml.safe_load((DEPLOY / "prometheus.yml").read_text())
     jobs = {j["job_name"]: j for j in cfg["scrape_configs"]}
     assert jobs["ray"]["file_sd_configs"][0]["files"] == ["/tmp/ray/prom_metrics_service_discovery.json"]
+    from services.metrics import RAY_SERVICE_DISCOVERY_FILE  # where a driver-started local Ray's targets go
+
+    assert jobs["ray"]["file_sd_configs"][0]["files"] == [RAY_SERVICE_DISCOVERY_FILE]
     relabel = jobs["ray"]["metric_relabel_configs"][0]
     assert re.fullmatch(relabel["regex"], "ray_stepopsd_delta_std")
     assert (

@@ -156,3 +156,63 @@ def test_moving_average_is_trailing():
 
     assert moving_average([0.0, 1.0, 0.5, 0.5], 3) == [0.0, 0.5, 0.5, pytest.approx(2 / 3)]
     assert moving_average([], 3) == []
+
+
+def test_stage_overlap_worked_numbers():
+    from services.reporting import overlap_line, stage_overlap
+
+    # rollout 60 + score 100 + update 190 = 350 s of stage time in 260 s of wall: (350 - 260) / 350 = 0.2571
+    o = stage_overlap({"rollout": 60.0, "score": 100.0, "update": 190.0}, 260.0)
+    assert o["stage_seconds"] == 350.0 and o["wall_seconds"] == 260.0
+    assert o["hidden_fraction"] == pytest.approx(90 / 350)
+    assert overlap_line(o, 1) == ("stage overlap (max_staleness 1): rollout 60s + score 100s + update 190s = 350s "
+                                  "of stage time in 260s of pipeline wall: 26% hidden by overlap")
+    # stages one after another plus sync/checkpoint overheads: nothing hidden, reported as measured (negative)
+    assert stage_overlap({"rollout": 10.0, "score": 10.0, "update": 20.0}, 44.0)["hidden_fraction"] == pytest.approx(-0.1)
+    assert stage_overlap({"rollout": 0.0}, 5.0)["hidden_fraction"] == 0.0
+
+
+def test_actor_summary_line_names_role_and_pid():
+    from services.reporting import describe_actors
+
+    actors = [{"role": "env", "index": 0, "pid": 11}, {"role": "rollout", "index": 0, "pid": 12},
+              {"role": "teacher", "index": 0, "pid": 13}, {"role": "teacher", "index": 1, "pid": 14},
+              {"role": "learner", "index": 0, "pid": 15}]
+    assert describe_actors(actors, "ray") == ("actors (ray): env pid 11, rollout pid 12, teacher0 pid 13, "
+                                              "teacher1 pid 14, learner pid 15")
+
+
+def test_per_role_threads_reach_ray_actors_only(recwarn):
+    from services.config import load_config
+    from services.wiring import _model_of
+
+    ray_cfg = load_config(None, ["pipeline.mode=ray", "model.torch_threads=2", "resources.learner.torch_threads=1"])
+    assert _model_of(ray_cfg, ray_cfg.resources.learner).torch_threads == 1
+    assert _model_of(ray_cfg, ray_cfg.resources.teacher).torch_threads == 2  # unset: model.torch_threads
+    assert not [w for w in recwarn if "torch_threads" in str(w.message)]
+    local = load_config(None, ["pipeline.mode=inprocess", "model.torch_threads=2", "resources.learner.torch_threads=1"])
+    assert _model_of(local, local.resources.learner).torch_threads == 2
+    msgs = [str(w.message) for w in recwarn]
+    assert any("resources.learner.torch_threads is ignored (pipeline.mode inprocess" in m for m in msgs), msgs
+
+
+def test_ray_service_discovery_file_in_rays_format(tmp_path, monkeypatch):
+    import json
+
+    import ray
+
+    from services.metrics import port_is_free, write_ray_service_discovery
+
+    nodes = [{"alive": True, "NodeManagerAddress": "10.0.0.1", "MetricsExportPort": 8080},
+             {"alive": False, "NodeManagerAddress": "10.0.0.2", "MetricsExportPort": 8080},
+             {"alive": True, "NodeManagerAddress": "10.0.0.3", "MetricsExportPort": 41234}]
+    monkeypatch.setattr(ray, "nodes", lambda: nodes)
+    path = tmp_path / "ray" / "prom_metrics_service_discovery.json"
+    assert write_ray_service_discovery(str(path)) == ["10.0.0.1:8080", "10.0.0.3:41234"]
+    assert json.loads(path.read_text()) == [{"labels": {"job": "ray"}, "targets": ["10.0.0.1:8080", "10.0.0.3:41234"]}]
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        assert not port_is_free(s.getsockname()[1])
