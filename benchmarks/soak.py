@@ -97,10 +97,14 @@ def run(name: str, steps: int, tmp: Path, kills: list[tuple[int, float, str]] | 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=50)
-    ap.add_argument("--kills", type=int, default=6)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--steps", type=int, default=50, help="learner steps of each run (default 50)")
+    ap.add_argument("--kills", type=int, default=6, help="seeded SIGKILLs in the chaos run (default 6; <= steps - 3)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the kill schedule (default 0)")
     args = ap.parse_args()
+    if args.steps < 4 or not 0 <= args.kills <= args.steps - 3:
+        # a kill lands after one of steps 2 .. steps - 2, at most one per step
+        ap.error(f"--kills {args.kills} with --steps {args.steps}: kills land after steps 2..{args.steps - 2}, one "
+                 f"per step, so --kills must be 0..{max(args.steps - 3, 0)} and --steps at least 4")
 
     import ray
     from safetensors.torch import load_file

@@ -1,8 +1,14 @@
-"""Run a function in a spawned child process that dies with its parent.
+"""Run a function in a spawned child process that dies with its parent, and bring its error back.
 
-The SFT warm start and each experiment run go to a child process (memory, vLLM process-global state). Without
-a parent-death signal, killing the driver left such a child training on with PPID 1; on Linux the child asks
-the kernel for SIGTERM when its parent exits (prctl PR_SET_PDEATHSIG).
+The SFT warm start, the held-out evaluations and each experiment run go to a child process (memory, vLLM
+process-global state). Without a parent-death signal, killing the driver left such a child training on with
+PPID 1; on Linux the child asks the kernel for SIGTERM when its parent exits (prctl PR_SET_PDEATHSIG).
+
+An exception in the child does not print there: its type, one-line message and traceback travel back over a
+pipe and `run_in_child` raises it in the parent -- bad input (`InputError`, `ConfigError`) as the same class
+with the same message, so the CLI prints one line and exits 2 as it does for an error of its own; anything
+else as `ChildFailed` naming the child and the original error. The child's traceback rides along as a note,
+which Python prints only where a traceback is shown (`stepopsd --debug`, or a bug's traceback).
 """
 
 from __future__ import annotations
@@ -15,6 +21,11 @@ from collections.abc import Callable
 from typing import Any
 
 PR_SET_PDEATHSIG = 1
+CHILD_ERROR_EXIT = 1  # a child that reported its error exits with this code (the parent raises it)
+
+
+class ChildFailed(RuntimeError):
+    """A child process raised an error that is not bad input; the message names the child and the error."""
 
 
 def _die_with_parent(parent_pid: int) -> None:
@@ -26,14 +37,73 @@ def _die_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
 
-def _child_main(parent_pid: int, target: Callable[..., Any], args: tuple[Any, ...]) -> None:
+def one_line(e: BaseException) -> str:
+    """An error's own message on one line: for a RayTaskError wrapping an error raised inside an actor, that of
+    its cause, without the remote traceback."""
+    cause = getattr(e, "cause", None)
+    return " ".join(str(cause if isinstance(cause, BaseException) else e).split())
+
+
+def _is_input_error(e: BaseException) -> bool:
+    from envs.base import InputError
+    from services.config import ConfigError
+
+    cause = getattr(e, "cause", None)
+    return isinstance(e, InputError | ConfigError) or isinstance(cause, InputError | ConfigError)
+
+
+def _child_main(parent_pid: int, target: Callable[..., Any], args: tuple[Any, ...], conn: Any) -> None:
     _die_with_parent(parent_pid)
-    target(*args)
+    try:
+        target(*args)
+    except Exception as e:  # noqa: BLE001 -- every error goes back to the parent, which raises it
+        import traceback
+
+        from services.config import ConfigError
+
+        kind = ("config" if isinstance(e, ConfigError) or isinstance(getattr(e, "cause", None), ConfigError)
+                else "input" if _is_input_error(e) else "error")
+        conn.send({"kind": kind, "type": type(e).__name__, "message": one_line(e),
+                   "traceback": traceback.format_exc()})
+        conn.close()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(CHILD_ERROR_EXIT)  # not sys.exit: multiprocessing would print the traceback we just sent
+
+
+def raise_reported(name: str, info: dict[str, str]) -> None:
+    """Raise, in the parent, the error a child reported (see the module docstring)."""
+    from envs.base import InputError
+    from services.config import ConfigError
+
+    err: Exception
+    if info["kind"] == "config":
+        err = ConfigError(info["message"])
+    elif info["kind"] == "input":
+        err = InputError(info["message"])
+    else:
+        err = ChildFailed(f"{name}: {info['type']}: {info['message']}")
+    err.add_note(f"in the child process {name}:\n{info['traceback'].rstrip()}")
+    raise err
 
 
 def run_in_child(target: Callable[..., Any], args: tuple[Any, ...], name: str) -> int:
-    """Run `target(*args)` in a spawned child bound to this process's lifetime; returns its exit code."""
-    proc = mp.get_context("spawn").Process(target=_child_main, args=(os.getpid(), target, args), name=name)
+    """Run `target(*args)` in a spawned child bound to this process's lifetime. An exception there is raised
+    here (bad input as itself, anything else as ChildFailed); otherwise returns the child's exit code (nonzero
+    for a SystemExit, a signal, a crash)."""
+    ctx = mp.get_context("spawn")
+    recv, send = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_child_main, args=(os.getpid(), target, args, send), name=name)
     proc.start()
+    send.close()  # the child holds the only writer: EOF once it exits
+    info = None
+    try:
+        info = recv.recv()
+    except EOFError:  # it exited without reporting an error
+        pass
+    finally:
+        recv.close()
     proc.join()
+    if info is not None:
+        raise_reported(name, info)
     return int(proc.exitcode if proc.exitcode is not None else -1)

@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     from envs.base import InputError
+    from services.child import ChildFailed
     from services.config import ConfigError
 
     try:
@@ -69,6 +70,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"stepopsd: {_one_line(e)}", file=sys.stderr)
         return 2
+    except ChildFailed as e:  # SFT / evaluation / an experiment run failed in its child process
+        if args.debug:
+            raise
+        print(f"stepopsd: {_one_line(e)} (the child's traceback: stepopsd --debug ...)", file=sys.stderr)
+        return 1
     return int(rc or 0)
 
 

@@ -214,14 +214,21 @@ def run_isolated(cfg: Any, arm: str, base_path: Path, n_eval: int, keep_checkpoi
     """`run_one` in a fresh (spawned) process: in-process vLLM keeps process-global state (its parallel groups),
     and the seventh engine built and torn down in one process failed ("pipeline model parallel group is not
     initialized"). A failed run raises here; runs already finished keep their result.json."""
-    from services.child import run_in_child
+    from services.child import ChildFailed, run_in_child
 
     run_dir = Path(cfg.run.dir)
     saved, fp = run_dir / "result.json", _fingerprint(cfg)
     res = _saved(saved, fp)
     if res is not None and (outcomes(res["eval"]) is not None or not (run_dir / "final_hf").exists()):
         return res  # finished earlier: no child process needed
-    code = run_in_child(run_one, (cfg, arm, base_path, n_eval, keep_checkpoints), cfg.run.name)
+    try:
+        code = run_in_child(run_one, (cfg, arm, base_path, n_eval, keep_checkpoints), cfg.run.name)
+    except ChildFailed as e:  # bad input passes as itself; a failure says which run and how to go on
+        err = ChildFailed(f"experiment run {cfg.run.dir}: {e}; finished runs are kept, rerun the same command "
+                          "to resume")
+        for note in getattr(e, "__notes__", []):
+            err.add_note(note)  # the child's traceback
+        raise err from None
     if code != 0 or (res := _saved(saved, fp)) is None:
         raise RuntimeError(f"experiment run {cfg.run.name} ({cfg.run.dir}) failed in its child process "
                            f"(exit code {code}); finished runs are kept, rerun the same command to resume")

@@ -92,3 +92,24 @@ def test_resume_dir_of_another_model(capsys, tmp_path):
 def test_debug_shows_the_traceback(tmp_path):
     with pytest.raises(InputError, match="no such directory"):
         main(["--debug", *SMOKE, *_sets(f"model.path={tmp_path / 'no_model'}", f"run.dir={tmp_path / 'r'}")])
+
+
+@pytest.mark.parametrize("case", ["games_dir", "parquet"])
+def test_bad_input_met_in_the_sft_child_is_one_line(capfd, tmp_path, case):
+    """Every CPU preset warms up by SFT in a child process: the error met there (nonexistent games dir, garbage
+    parquet) comes back as the same one line, exit 2, nothing of the child's traceback on the terminal."""
+    if case == "games_dir":
+        sets = _sets("env.name=alfworld", f"env.alfworld.games_dir={tmp_path / 'nope'}")
+        needle = f"env.alfworld.games_dir = {tmp_path / 'nope'}: no such directory"
+    else:
+        f = tmp_path / "garbage.parquet"
+        f.write_bytes(b"this is not parquet")
+        sets, needle = _sets("env.name=search", f"env.search.data={f}"), "garbage.parquet: not a readable parquet file"
+    capfd.readouterr()
+    rc = main([*SMOKE, *sets, *_sets("sft.enabled=true", f"run.dir={tmp_path / 'r'}",
+                                     f"model.cache_dir={tmp_path / 'cache'}")])
+    err = capfd.readouterr().err.strip().splitlines()
+    assert rc == 2, err
+    ours = [x for x in err if x.startswith("stepopsd: ")]
+    assert len(ours) == 1 and err[-1] == ours[0] and needle in ours[0], err
+    assert not any("Traceback" in x or "SFT warm start failed" in x for x in err), err

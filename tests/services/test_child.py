@@ -26,6 +26,45 @@ def test_exit_codes_pass_through() -> None:
     assert run_in_child(_fail, (3,), "fails") == 3
 
 
+def _bad_input(msg: str) -> None:
+    from envs.base import InputError
+
+    raise InputError(msg)
+
+
+def _bad_config(msg: str) -> None:
+    from services.config import ConfigError
+
+    raise ConfigError(msg)
+
+
+def _bug() -> None:
+    {}["missing"]  # noqa: B018 -- a KeyError, as a bug would raise
+
+
+def test_bad_input_in_the_child_is_raised_here_as_itself(capfd) -> None:
+    from envs.base import InputError
+    from services.config import ConfigError
+
+    with pytest.raises(InputError) as ei:
+        run_in_child(_bad_input, ("env.alfworld.games_dir = /nope: no such directory",), "stepopsd-sft")
+    assert str(ei.value) == "env.alfworld.games_dir = /nope: no such directory"  # its message, as raised
+    assert "in the child process stepopsd-sft" in ei.value.__notes__[0] and "_bad_input" in ei.value.__notes__[0]
+    with pytest.raises(ConfigError, match="sft.lr"):
+        run_in_child(_bad_config, ("sft.lr = -1: must be > 0",), "stepopsd-sft")
+    err = capfd.readouterr().err
+    assert "Traceback" not in err, err  # the child printed nothing of it: the parent decides what to show
+
+
+def test_a_bug_in_the_child_names_the_child_and_the_error() -> None:
+    from services.child import ChildFailed
+
+    with pytest.raises(ChildFailed) as ei:
+        run_in_child(_bug, (), "stepopsd-eval")
+    assert str(ei.value) == "stepopsd-eval: KeyError: 'missing'"
+    assert "KeyError" in ei.value.__notes__[0]
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux-only")
 def test_child_dies_with_its_parent(tmp_path: Path) -> None:
     script = ("import time\nfrom services.child import run_in_child\n"
