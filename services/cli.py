@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 
 # (module, description) in help order. Each module defines register(subparsers) -> None.
 COMMAND_MODULES = [
@@ -53,7 +54,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None):  # type: ignore[no-untyped-def]
+    """Our own warnings ("config: X is ignored (why)") as one line; everyone else's as Python shows them."""
+    text = str(message)
+    if text.startswith("config: "):
+        print(f"stepopsd: warning: {text.removeprefix('config: ')}", file=file or sys.stderr)
+    else:
+        _PYTHON_SHOW_WARNING(message, category, filename, lineno, file, line)
+
+
+_PYTHON_SHOW_WARNING = warnings.showwarning
+
+
 def main(argv: list[str] | None = None) -> int:
+    warnings.showwarning = _show_warning
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

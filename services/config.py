@@ -156,19 +156,59 @@ class Config(_Base):
             if self.pipeline.weight_sync == "collective":
                 raise ValueError("pipeline.weight_sync = 'collective' needs pipeline.mode: ray (a process group "
                                  "between actors)")
-            import warnings
+        import warnings
 
-            for role in ("rollout", "teacher", "learner"):
-                if getattr(self.resources, role).torch_threads is not None:
-                    warnings.warn(f"config: resources.{role}.torch_threads is ignored (pipeline.mode "
-                                  f"{self.pipeline.mode}: every worker runs on the driver's model.torch_threads "
-                                  f"= {self.model.torch_threads})", UserWarning, stacklevel=2)
+        for key, why in ignored_settings(self):
+            warnings.warn(f"config: {key} is ignored ({why})", UserWarning, stacklevel=2)
         return self
 
     @property
     def batch_size(self) -> int:
         """Trajectories per learner step (derived)."""
         return self.rollout.tasks_per_step * self.rollout.group_size
+
+
+def _set(section: BaseModel, default: BaseModel | None = None) -> set[str]:
+    """The fields of a section whose value differs from the default (`default`: the section's default where its
+    parent builds it with arguments). By value, not by pydantic's fields_set: a run directory's config.yaml holds
+    every field, so a resumed run must not warn about settings nobody changed."""
+    default = default if default is not None else type(section)()
+    return {f for f in type(section).model_fields if getattr(section, f) != getattr(default, f)}
+
+
+def ignored_settings(cfg: Config) -> list[tuple[str, str]]:
+    """Settings changed from their defaults that cannot take effect in the run as configured: (dotted key, why).
+    Each is a warning at config load -- never a silent no-op."""
+    out: list[tuple[str, str]] = []
+    mode = cfg.pipeline.mode
+    if mode != "ray":
+        for role in ("rollout", "teacher", "learner", "env"):
+            res = getattr(cfg.resources, role)
+            for f in sorted(_set(res, getattr(ResourcesConfig(), role))):
+                why = (f"every worker runs on the driver's model.torch_threads = {cfg.model.torch_threads}"
+                       if f == "torch_threads" else "actor resources are Ray's; in-process workers share the driver")
+                out.append((f"resources.{role}.{f}", f"pipeline.mode {mode}: {why}"))
+        for f in sorted(_set(cfg.metrics) & {"ray_metrics", "ray_export_port"}):
+            out.append((f"metrics.{f}", f"pipeline.mode {mode}: no Ray; set metrics.prometheus_port to export"))
+    elif cfg.metrics.ray_metrics and cfg.metrics.prometheus_port is not None:
+        out.append(("metrics.prometheus_port", "pipeline.mode ray with metrics.ray_metrics: the run exports through "
+                    "Ray's metrics agent (metrics.ray_export_port)"))
+    if cfg.env.adapter is None:
+        for name in ("alfworld", "search", "scripted"):
+            if name != cfg.env.name:
+                for f in sorted(_set(getattr(cfg.env, name))):
+                    out.append((f"env.{name}.{f}", f"env.name is {cfg.env.name}"))
+    s = cfg.env.search
+    if cfg.env.name == "search" and s.data is None and s.eval_data is not None:
+        out.append(("env.search.eval_data", "env.search.data is unset: the synthetic KB's held-out fifth is the "
+                    "eval split (its questions are answerable from the synthetic corpus; set env.search.data too)"))
+    if not cfg.sft.enabled:
+        for f in sorted(_set(cfg.sft) - {"enabled"}):
+            out.append((f"sft.{f}", "sft.enabled is false"))
+    if "vllm" not in (cfg.rollout.engine, cfg.stepopsd.teacher_engine):
+        for f in sorted(_set(cfg.rollout.vllm)):
+            out.append((f"rollout.vllm.{f}", "neither rollout.engine nor stepopsd.teacher_engine is vllm"))
+    return out
 
 
 # Knobs that were removed (a dotted key -> why). A config file or an old run directory's config.yaml that still

@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -104,3 +105,49 @@ def test_cli_version_explain_and_nearest_key(capsys):
     assert "did you mean stepopsd.lambda_mix?" in capsys.readouterr().err
     assert main(["train", "--set", "learner.lrr=1"]) == 2
     assert "learner.lrr: unknown field (value 1); did you mean learner.lr?" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("overrides,key", [
+    (["env.name=search", "env.search.eval_data=/tmp/heldout.parquet"], "env.search.eval_data"),
+    (["pipeline.mode=inprocess", "resources.learner.torch_threads=1"], "resources.learner.torch_threads"),
+    (["pipeline.mode=inprocess", "resources.rollout.num_gpus=1"], "resources.rollout.num_gpus"),
+    (["pipeline.mode=inprocess", "metrics.ray_export_port=9000"], "metrics.ray_export_port"),
+    (["pipeline.mode=ray", "metrics.prometheus_port=9464"], "metrics.prometheus_port"),
+    (["env.name=search", "env.alfworld.max_receptacles=3"], "env.alfworld.max_receptacles"),
+    (["env.name=alfworld", "env.search.topk=5"], "env.search.topk"),
+    (["sft.enabled=false", "sft.epochs=3"], "sft.epochs"),
+    (["rollout.engine=hf", "stepopsd.teacher_engine=hf", "rollout.vllm.max_num_seqs=8"], "rollout.vllm.max_num_seqs"),
+])
+def test_a_setting_the_run_ignores_is_a_warning_naming_it(overrides, key):
+    with pytest.warns(UserWarning, match=rf"config: {re.escape(key)} is ignored \(.+\)"):
+        load_config(None, overrides)
+
+
+@pytest.mark.parametrize("overrides", [
+    ["env.name=search", "env.search.data=/tmp/train.parquet", "env.search.eval_data=/tmp/heldout.parquet"],
+    ["pipeline.mode=ray", "resources.learner.torch_threads=1", "metrics.ray_export_port=9000"],
+    ["pipeline.mode=inprocess", "metrics.prometheus_port=9464"],
+    ["rollout.engine=hf", "stepopsd.teacher_engine=vllm", "rollout.vllm.max_num_seqs=8"],
+    ["sft.enabled=true", "sft.epochs=3"],
+])
+def test_settings_that_take_effect_do_not_warn(overrides, recwarn):
+    load_config(None, overrides)
+    assert not [w for w in recwarn if "is ignored" in str(w.message)]
+
+
+def test_presets_and_their_resolved_dumps_warn_about_nothing(recwarn, tmp_path):
+    """A run directory's config.yaml holds every field: resuming or exporting it must not warn about settings
+    nobody changed (ignored settings are judged by value against the defaults)."""
+    for path in CONFIGS:
+        dumped = tmp_path / f"{path.stem}.yaml"
+        dumped.write_text(dump_config(load_config(path)))
+        load_config(dumped)
+    assert not [str(w.message) for w in recwarn if "is ignored" in str(w.message)]
+
+
+def test_cli_prints_an_ignored_setting_as_one_line(capsys):
+    from services.cli import main
+
+    assert main(["config", "validate", "--set", "env.name=search", "--set", "env.search.eval_data=/tmp/h.parquet"]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err and err[0].startswith("stepopsd: warning: env.search.eval_data is ignored (env.search.data is unset"), err
