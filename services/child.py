@@ -54,6 +54,8 @@ def _is_input_error(e: BaseException) -> bool:
 
 def _child_main(parent_pid: int, target: Callable[..., Any], args: tuple[Any, ...], conn: Any) -> None:
     _die_with_parent(parent_pid)
+    # Ctrl-C reaches the whole process group: the parent decides (it terminates the child), no traceback here
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         target(*args)
     except Exception as e:  # noqa: BLE001 -- every error goes back to the parent, which raises it
@@ -101,6 +103,12 @@ def run_in_child(target: Callable[..., Any], args: tuple[Any, ...], name: str) -
         info = recv.recv()
     except EOFError:  # it exited without reporting an error
         pass
+    except BaseException:  # the parent is stopping (a signal, Ctrl-C): the child goes with it, now
+        proc.terminate()
+        proc.join(10)
+        if proc.is_alive():
+            proc.kill()
+        raise
     finally:
         recv.close()
     proc.join()

@@ -12,11 +12,18 @@ class TrainingInterrupted(KeyboardInterrupt):
     """The run was stopped by a signal: after finishing step `step` and checkpointing it, or (second signal,
     `step` None) abandoning the in-flight step; `checkpoint` is the last good one (None: there is none)."""
 
-    def __init__(self, signal_name: str, step: int | None, checkpoint: Path | None, run_dir: Path) -> None:
+    def __init__(self, signal_name: str, step: int | None, checkpoint: Path | None, run_dir: Path,
+                 phase: str | None = None) -> None:
         self.signal_name, self.step, self.checkpoint, self.run_dir = signal_name, step, checkpoint, run_dir
-        where = f"after step {step}" if step is not None else "mid-step (in-flight step abandoned)"
+        self.phase = phase  # outside the training loop: what the run was doing (e.g. "warm start")
+        if phase is not None:
+            where = f"during the {phase}"
+        else:
+            where = f"after step {step}" if step is not None else "mid-step (in-flight step abandoned)"
         ck = f"checkpoint {checkpoint}" if checkpoint else "no checkpoint yet"
-        super().__init__(f"stopped by {signal_name} {where}; {ck}; resume with: stepopsd train --resume {run_dir}")
+        how = (f"resume with: stepopsd train --resume {run_dir}" if checkpoint else
+               "run the same command to start again (a finished conversion or warm start is cached)")
+        super().__init__(f"stopped by {signal_name} {where}; {ck}; {how}")
 
     @property
     def exit_code(self) -> int:

@@ -111,30 +111,13 @@ class Trainer:
 
         self.memwatch = MemWatch().start()
         t_run = time.perf_counter()
-        self.memwatch.phase = "warm start"
-        self.model_path = policy_model_path(cfg, log=self._log)
-        from services.export import BASE_FILE
-
-        rd.write_json(BASE_FILE, {"model_path": str(self.model_path)})  # what `stepopsd export` loads weights into
-        self.memwatch.phase = "held-out evaluation before RL"
-        before = self._held_out(self.model_path, "eval_before.json") if cfg.run.eval_episodes else None
-        self.memwatch.phase = "training"
         self.report: StepReporter | None = None  # made once the fleet (and so Ray) is up: Ray metrics need ray.init
         self.recoveries = 0
-        first_start: int | None = None
         self._stop: str | None = None
+        self._in_loop = False  # a signal in the loop finishes the step; anywhere else it stops at once
         restore = stop_on_signals(self._request_stop)
         try:
-            while True:
-                start, teacher_version, scored = self._start(resume)
-                first_start = start if first_start is None else first_start
-                try:
-                    self._loop(start, teacher_version, scored)
-                    break
-                except Exception as e:  # noqa: BLE001 -- only actor deaths are recovered
-                    if not is_actor_death(e) or self.recoveries >= cfg.pipeline.max_recoveries:
-                        raise
-                    resume = self._recover(e)
+            return self._run(resume, t_run)
         except KeyboardInterrupt as e:
             # a second Ctrl-C abandons the in-flight step (or a test's KeyboardInterrupt): report the last
             # good checkpoint; either way stop every actor and the local Ray this run started
@@ -144,10 +127,39 @@ class Trainer:
             raise e from None
         finally:
             restore()
+
+    def _run(self, resume: Any, t_run: float) -> Path:
+        """Warm start, held-out figure before RL, the pipeline (rebuilt from the last checkpoint after an actor
+        death), export, held-out figure after RL."""
+        cfg, rd = self.cfg, self.rundir
+        self.memwatch.phase = "warm start"
+        self.model_path = policy_model_path(cfg, log=self._log)
+        from services.export import BASE_FILE
+
+        rd.write_json(BASE_FILE, {"model_path": str(self.model_path)})  # what `stepopsd export` loads weights into
+        self.memwatch.phase = "held-out evaluation before RL"
+        before = self._held_out(self.model_path, "eval_before.json") if cfg.run.eval_episodes else None
+        first_start: int | None = None
+        while True:
+            self.memwatch.phase = "fleet start"
+            start, teacher_version, scored = self._start(resume)
+            first_start = start if first_start is None else first_start
+            self.memwatch.phase = "training"
+            try:
+                self._in_loop = True
+                self._loop(start, teacher_version, scored)
+                break
+            except Exception as e:  # noqa: BLE001 -- only actor deaths are recovered
+                if not is_actor_death(e) or self.recoveries >= cfg.pipeline.max_recoveries:
+                    raise
+                resume = self._recover(e)
+            finally:
+                self._in_loop = False
         fleet = self.fleet
         assert fleet is not None
         from services.export import export_checkpoint
 
+        self.memwatch.phase = "export"
         ck = rd.ckpt_root / f"step_{cfg.run.steps}"
         final = export_checkpoint(ck, rd.root / "final_hf", cfg, str(self.model_path), log=self._log)
         self._log(f"final policy: {final}")
@@ -165,6 +177,25 @@ class Trainer:
         schedule, teacher snapshot, pending batches, the first rollouts launched. Returns (first step, teacher
         version, scored batches queued)."""
         cfg, rd = self.cfg, self.rundir
+        if self.remote:
+            import ray
+
+            if not ray.is_initialized():
+                import os
+
+                from services.wiring import init_ray
+
+                # recorded before Ray starts, so a signal during its start or the fleet's still stops it
+                self.started_ray |= not (cfg.pipeline.ray_address or os.environ.get("RAY_ADDRESS"))
+                try:
+                    init_ray(cfg)
+                except SystemExit as e:  # ray.init's own SIGTERM handler while it starts: sys.exit(15)
+                    if e.code != 15:
+                        raise
+                    raise TrainingInterrupted("SIGTERM", None, rd.latest_checkpoint(), self.run_dir,
+                                              phase=self.memwatch.phase) from None
+                # Ray's core worker installs its own SIGTERM handler (a stack dump, then death): ours again
+                stop_on_signals(self._request_stop)
         fleet = self.fleet = build_fleet(cfg, self.model_path, str(rd.snapshot_path))
         self.started_ray |= fleet.started_ray  # a recovery's fleet joins the Ray the first one started
         self.actors = fleet.describe()
@@ -297,7 +328,12 @@ class Trainer:
         return resume
 
     def _request_stop(self, name: str) -> None:
-        """First SIGINT / SIGTERM: finish the step, checkpoint, stop (services/interrupt.py)."""
+        """First SIGINT / SIGTERM in the training loop: finish the step, checkpoint, stop (services/interrupt.py).
+        Anywhere else (conversion, SFT, evaluations, the fleet's start, export): stop now -- `run` stops the
+        actors and the Ray this run started."""
+        if not self._in_loop:
+            raise TrainingInterrupted(name, None, self.rundir.latest_checkpoint(), self.run_dir,
+                                      phase=self.memwatch.phase)
         self._stop = name
         self._log(f"[yellow]{name}: finishing the current step, then checkpoint and stop "
                   "(send it again to abandon the step)")
@@ -308,9 +344,9 @@ class Trainer:
         assert self.fleet is not None
         self.fleet.shutdown()
         if self.started_ray:
-            import ray
+            from services.wiring import stop_local_ray
 
-            ray.shutdown()
+            stop_local_ray()
             self.started_ray = False
 
     def _shutdown(self) -> None:
@@ -322,9 +358,9 @@ class Trainer:
             except Exception as e:  # noqa: BLE001 -- best effort on the way out
                 self._log(f"stopping the actors: {e}")
         if self.started_ray:
-            import ray
+            from services.wiring import stop_local_ray
 
-            ray.shutdown()
+            stop_local_ray()
 
     def _log_live_metrics(self) -> None:
         """Where a user watches this run live: the Ray metrics agent's endpoint and the command that starts

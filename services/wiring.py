@@ -9,6 +9,7 @@ behind a `Handle` so the driver's code is the same in both modes.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -138,6 +139,32 @@ def init_ray(cfg: Config) -> bool:
     # deploy/prometheus.yml reads: write them as Ray's own writer would, so `make prometheus` finds this run
     write_ray_service_discovery()
     return True
+
+
+def stop_local_ray(grace_s: float = 5.0) -> None:
+    """Stop the local Ray this process started: `ray.shutdown()`, then every Ray process among this process's
+    descendants that outlived it (listed before: a raylet killed mid-start leaves its agents orphaned, no longer
+    our descendants), SIGTERM then SIGKILL."""
+    import psutil
+    import ray
+
+    def is_ray(p: psutil.Process) -> bool:
+        try:
+            name, cmd = p.name(), " ".join(p.cmdline())
+        except psutil.Error:
+            return False
+        return name.startswith("ray::") or name in ("raylet", "gcs_server") or "/ray/" in cmd
+
+    mine = [p for p in psutil.Process().children(recursive=True) if is_ray(p)]
+    ray.shutdown()
+    _, alive = psutil.wait_procs(mine, timeout=grace_s)
+    for p in alive:
+        with contextlib.suppress(psutil.Error):
+            p.terminate()
+    _, alive = psutil.wait_procs(alive, timeout=grace_s)
+    for p in alive:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
 
 
 def ray_metrics_endpoint() -> str | None:
