@@ -127,15 +127,41 @@ class _PromBackend:
 
 
 class _RayBackend:
-    """ray.util.metrics; values are pushed to the node's metrics agent and exported as ray_stepopsd_*."""
+    """ray.util.metrics; values are pushed to the node's metrics agent and exported as ray_stepopsd_*.
 
-    def __init__(self) -> None:
+    Ray 2.60's agent drops a gauge series that was not set again within two report intervals (~20 s), and a
+    driver pushes a gauge only when it is set: between two learner steps a minute apart, Std(Δ) would vanish from
+    /metrics (measured: visible ~20 s after each step). So the last value of every gauge series is set again every
+    `refresh_s` by a daemon thread, as a Prometheus gauge would hold it."""
+
+    def __init__(self, refresh_s: float | None = None) -> None:
         import ray
         from ray.util import metrics as rm
 
         if not ray.is_initialized():
             raise RuntimeError("Metrics(backend='ray') needs ray.init() (or a Ray worker process) first")
         self._rm = rm
+        if refresh_s is None:  # half of Ray's report interval (floored at 1 s as Ray floors it): well inside 2x
+            try:
+                refresh_s = max(ray._config.metrics_report_interval_ms(), 1000) / 2000.0
+            except Exception:  # noqa: BLE001 -- a Ray without that config: its default interval is 10 s
+                refresh_s = 5.0
+        self._last: dict[tuple[int, tuple[tuple[str, str], ...]], tuple[Any, float, dict[str, str]]] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._refresh_s = refresh_s
+        self._thread = threading.Thread(target=self._refresh, name="ray-gauge-refresh", daemon=True)
+        self._thread.start()
+
+    def _refresh(self) -> None:
+        while not self._stop.wait(self._refresh_s):
+            with self._lock:
+                held = list(self._last.values())
+            for m, value, tags in held:
+                try:
+                    m.set(value, tags=tags)
+                except Exception:  # noqa: BLE001, S112 -- Ray going down under us: nothing left to export to
+                    continue
 
     def gauge(self, name: str, doc: str, labels: Sequence[str]) -> Any:
         return self._rm.Gauge(name, description=doc, tag_keys=tuple(labels))
@@ -146,9 +172,10 @@ class _RayBackend:
     def histogram(self, name: str, doc: str, labels: Sequence[str], buckets: Sequence[float]) -> Any:
         return self._rm.Histogram(name, description=doc, boundaries=list(buckets), tag_keys=tuple(labels))
 
-    @staticmethod
-    def set(m: Any, value: float, tags: dict[str, str]) -> None:
+    def set(self, m: Any, value: float, tags: dict[str, str]) -> None:
         m.set(value, tags=tags)
+        with self._lock:
+            self._last[(id(m), tuple(sorted(tags.items())))] = (m, value, dict(tags))
 
     @staticmethod
     def add(m: Any, value: float, tags: dict[str, str]) -> None:
@@ -159,7 +186,8 @@ class _RayBackend:
         m.observe(value, tags=tags)
 
     def close(self) -> None:
-        pass
+        self._stop.set()
+        self._thread.join(timeout=5)
 
 
 class Metrics:

@@ -56,6 +56,15 @@ def run_sync(coro: Coroutine[Any, Any, T]) -> T:
     return box["v"]
 
 
+def retry_after(r: httpx.Response) -> float | None:
+    """Seconds a 503's `Retry-After` header asks for (delta-seconds form), or None when absent or unreadable."""
+    try:
+        v = float(r.headers.get("retry-after", ""))
+    except ValueError:
+        return None
+    return v if v >= 0 else None
+
+
 class RetrievalClient:
     def __init__(self, url: str, topk: int = 3, timeout_s: float = 10.0, retries: int = 3,
                  backoff_s: float = 0.2, max_batch: int = 512) -> None:
@@ -86,10 +95,14 @@ class RetrievalClient:
                 if r.status_code < 400:
                     return self._parse(r.json(), len(queries))
                 last = f"HTTP {r.status_code}: {r.text[:200]}"
+                wait = retry_after(r) if r.status_code == 503 else None
             except httpx.TransportError as e:
-                last = f"{type(e).__name__}: {e}"
+                last, wait = f"{type(e).__name__}: {e}", None
             if attempt < self.retries:
-                await asyncio.sleep(self.backoff_s * 2**attempt)
+                # a busy service (503) says when to come back: honour it (capped by the request timeout) as one
+                # of the same bounded retries; otherwise exponential backoff
+                backoff = self.backoff_s * 2**attempt
+                await asyncio.sleep(backoff if wait is None else min(max(wait, backoff), self.timeout_s))
         raise SearchServiceError(
             f"retrieval service at {self.url} is down or unreachable after {self.retries + 1} attempts ({last}). "
             f"Start one with `stepopsd search serve --port <port>` (and point env.search.url at it), or set "

@@ -34,6 +34,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--topk", type=int, default=3, help="default topk when a request omits it")
     q.add_argument("--max-topk", type=int, default=50, help="requests with a larger topk get 422")
     q.add_argument("--max-batch", type=int, default=512, help="requests with more queries get 422")
+    q.add_argument("--max-inflight", type=int, default=32,
+                   help="requests admitted at once; one more gets 503 + Retry-After (bounded queue)")
+    q.add_argument("--max-query-chars", type=int, default=2048, help="a longer query gets 422")
     q.add_argument("--ray", action="store_true", help="run as a Ray Serve deployment")
     q.add_argument("--replicas", type=int, default=1, help="Ray Serve replicas (with --ray)")
     common(q)
@@ -95,7 +98,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         ray.init(ignore_reinit_error=True)
         serve.start(http_options={"host": args.host, "port": args.port})
         app = build_search_deployment(index, args.retriever, num_replicas=args.replicas, default_topk=args.topk,
-                                      max_topk=args.max_topk, max_batch=args.max_batch)
+                                      max_topk=args.max_topk, max_batch=args.max_batch,
+                                      max_inflight=args.max_inflight, max_query_chars=args.max_query_chars)
         serve.run(app, name="search", route_prefix="/")
         print(f"Ray Serve: POST http://{args.host}:{args.port}/retrieve ({args.replicas} replicas, index {index})")
         try:
@@ -108,7 +112,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from services.search.app import create_app_from_index
 
-    app = create_app_from_index(index, args.retriever, args.topk, args.max_topk, args.max_batch)
+    app = create_app_from_index(index, args.retriever, args.topk, args.max_topk, args.max_batch,
+                                max_inflight=args.max_inflight, max_query_chars=args.max_query_chars)
     print(f"serving POST http://{args.host}:{args.port}/retrieve (index {index})", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0

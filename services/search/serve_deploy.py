@@ -12,12 +12,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from services.search.app import DEFAULT_MAX_BATCH, DEFAULT_MAX_TOPK
+from services.search.app import (
+    DEFAULT_MAX_BATCH,
+    DEFAULT_MAX_INFLIGHT,
+    DEFAULT_MAX_QUERY_CHARS,
+    DEFAULT_MAX_TOPK,
+)
 
 
 def build_search_deployment(index_dir: str | Path, retriever: str = "bm25", num_replicas: int = 1,
                             num_cpus: float = 0.5, default_topk: int = 3, max_topk: int = DEFAULT_MAX_TOPK,
-                            max_batch: int = DEFAULT_MAX_BATCH, max_ongoing_requests: int = 16) -> Any:
+                            max_batch: int = DEFAULT_MAX_BATCH, max_ongoing_requests: int = 16,
+                            max_inflight: int = DEFAULT_MAX_INFLIGHT, max_query_chars: int = DEFAULT_MAX_QUERY_CHARS) -> Any:
     """A bound Ray Serve application serving `index_dir` (pass it to `serve.run`)."""
     try:
         from ray import serve
@@ -29,7 +35,8 @@ def build_search_deployment(index_dir: str | Path, retriever: str = "bm25", num_
     def build_app():  # evaluated on each replica
         from services.search.app import create_app_from_index
 
-        return create_app_from_index(index, retriever, default_topk, max_topk, max_batch)
+        return create_app_from_index(index, retriever, default_topk, max_topk, max_batch,
+                                     max_inflight=max_inflight, max_query_chars=max_query_chars)
 
     deployment = serve.deployment(
         serve.ingress(build_app)(),

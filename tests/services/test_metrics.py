@@ -121,3 +121,27 @@ def test_ray_backend_reaches_the_metrics_agent(ray_session):
     assert want <= found.keys(), f"not exported within 60 s: {want - found.keys()}"
     assert found["ray_stepopsd_delta_std"] == 0.125
     assert found["ray_stepopsd_episodes_total"] == 4
+
+
+@pytest.mark.ray
+def test_a_ray_gauge_stays_exported_between_steps(ray_session):
+    """Ray's agent drops a gauge series not set again within 2 report intervals (2 s in this session); a learner
+    step is a minute apart on CPU. The backend holds the last value: set once, it is still exported 3 TTLs later."""
+    ray = ray_session
+    port = ray._private.worker.global_worker.node.metrics_export_port
+    m = Metrics(backend="ray", run_name="ray-hold", prometheus_port=None)
+    m.log_step(7, {"delta_std": 0.25})
+
+    def value():
+        got = [v for (name, labels), v in scrape(port).items()
+               if name == "ray_stepopsd_delta_std" and ("run", "ray-hold") in labels]
+        return got[0] if got else None
+
+    deadline = time.monotonic() + 30
+    while value() is None and time.monotonic() < deadline:
+        time.sleep(0.25)
+    assert value() == 0.25, "never exported"
+    time.sleep(6.0)  # three times the agent's TTL, no new set
+    seen = [value() for _ in range(4) if not time.sleep(0.5)]
+    m.close()
+    assert all(v == 0.25 for v in seen), seen

@@ -12,7 +12,7 @@ from services.search.launcher import probe, start_service
 def service(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("svc")
     corpus, _ = write_kb(generate_kb(1, n_people=40), tmp / "kb")
-    svc = start_service(build_index(corpus, tmp / "index", name="kb1"), max_topk=5, max_batch=4)
+    svc = start_service(build_index(corpus, tmp / "index", name="kb1"), max_topk=5, max_batch=4, max_query_chars=50)
     yield svc
     svc.stop()
 
@@ -46,6 +46,7 @@ def test_health(service):
     ({"queries": ["q"], "topk": 6}, "topk must be in [1, 5]"),
     ({"queries": ["q"], "topk": 0}, "topk must be in"),
     ({"queries": ["q"] * 5}, "max_batch 4"),
+    ({"queries": ["q", "x" * 51]}, "queries[1]: 51 characters > max_query_chars 50"),
 ])
 def test_malformed_bodies_get_422(service, body, needle):
     r = httpx.post(service.url, json=body)
@@ -83,3 +84,87 @@ def test_ray_serve_deployment(ray_session, tmp_path):
         assert httpx.post(url, json={"queries": ["q"] * 9}, timeout=30).status_code == 422
     finally:
         serve.shutdown()
+
+
+class _SlowRetriever:
+    """A real index's answers, each call held `delay_s` (a loaded server, on a 2-core box)."""
+
+    def __init__(self, inner, delay_s: float) -> None:
+        self.inner, self.delay_s, self.name = inner, delay_s, inner.name
+
+    def num_docs(self) -> int:
+        return self.inner.num_docs()
+
+    def retrieve(self, queries, topk):
+        import time
+
+        time.sleep(self.delay_s)
+        return self.inner.retrieve(queries, topk)
+
+
+@pytest.fixture(scope="module")
+def busy_service(tmp_path_factory):
+    """max_inflight 1 and 0.6 s per request: a second concurrent request is over the bound."""
+    import threading
+    import time
+
+    import uvicorn
+
+    from services.search.app import create_app
+    from services.search.index import load_retriever
+    from services.search.launcher import free_port
+
+    tmp = tmp_path_factory.mktemp("busy")
+    corpus, _ = write_kb(generate_kb(1, n_people=20), tmp / "kb")
+    index = build_index(corpus, tmp / "index", name="kb1")
+    app = create_app(_SlowRetriever(load_retriever(str(index), "bm25"), 0.6), max_inflight=1)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
+    t = threading.Thread(target=server.run, daemon=True)
+    t.start()
+    url = f"http://127.0.0.1:{port}/retrieve"
+    while probe(url, 0.5) is None:
+        time.sleep(0.05)
+    yield url
+    server.should_exit = True
+    t.join(5)
+
+
+def _concurrently(fns):
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(len(fns)) as ex:
+        return [f.result() for f in [ex.submit(fn) for fn in fns]]
+
+
+def test_a_full_service_answers_503_with_retry_after(busy_service):
+    rs = _concurrently([lambda: httpx.post(busy_service, json={"queries": ["company"]}, timeout=10)] * 3)
+    codes = sorted(r.status_code for r in rs)
+    assert codes[0] == 200 and 503 in codes, codes
+    busy = next(r for r in rs if r.status_code == 503)
+    assert busy.headers["retry-after"] == "1" and "max_inflight" in busy.json()["message"]
+    h = probe(busy_service)
+    assert h["max_inflight"] == 1 and h["refused"] >= 1 and h["inflight"] == 0
+
+
+def test_the_env_client_waits_retry_after_within_its_budget(busy_service):
+    import time
+
+    from envs.search.client import RetrievalClient, SearchServiceError
+
+    patient = RetrievalClient(busy_service, topk=2, retries=3, backoff_s=0.01)
+    t0 = time.perf_counter()
+    out = _concurrently([lambda: patient.retrieve(["company founded"])] * 3)
+    assert all(len(rows) == 1 and len(rows[0]) == 2 for rows in out)  # every call got its answer
+    assert time.perf_counter() - t0 >= 1.0  # someone waited the server's Retry-After, not the 10 ms backoff
+    hasty = RetrievalClient(busy_service, topk=2, retries=0)
+    errs = []
+
+    def call():
+        try:
+            hasty.retrieve(["company"])
+        except SearchServiceError as e:
+            errs.append(str(e))
+
+    _concurrently([call] * 3)
+    assert errs and all("HTTP 503" in e and "max_inflight" in e for e in errs), errs
