@@ -49,6 +49,7 @@ class MemWatch:
         self.peak_top: list[tuple[str, int]] = []  # (process title, PSS bytes) of the biggest at the peak
         self.phase = "start"  # what the run is doing (set by the driver), recorded with the peak
         self.peak_phase = ""
+        self.phase_peaks: dict[str, int] = {}  # phase -> its peak bytes
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True, name="memwatch")
         self._root = psutil.Process()
@@ -57,11 +58,16 @@ class MemWatch:
         while not self._stop.is_set():
             per = tree_memory(self._root)
             b = sum(x for _, x in per)
+            self.phase_peaks[self.phase] = max(self.phase_peaks.get(self.phase, 0), b)
             if b > self.peak_bytes:
                 self.peak_bytes, self.peak_procs = b, len(per)
                 self.peak_top = sorted(per, key=lambda t: -t[1])[:5]
                 self.peak_phase = self.phase
             self._stop.wait(self.interval_s)
+
+    def phases_line(self) -> str:
+        """Peak memory of each phase, in run order."""
+        return "peak by phase: " + ", ".join(f"{k} {v / 2**30:.2f}" for k, v in self.phase_peaks.items()) + " GiB"
 
     def top_line(self) -> str:
         """The biggest processes at the peak, and the phase the run was in then."""

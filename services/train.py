@@ -457,7 +457,11 @@ class Trainer:
         sc = [(s.step, fleet.teacher.get(s.batch), s.lam, s.alpha) for s in scored]
         state = {"teacher_version": teacher_version, "schedule": self.schedule.state_dict(),
                  "python_rng": repr(random.getstate()), "metrics_lines": len(self.report.history)}
-        return save_fleet_checkpoint(self.rundir, fleet, step, pend, sc, state)
+        prev, self.memwatch.phase = self.memwatch.phase, "checkpoint"
+        try:
+            return save_fleet_checkpoint(self.rundir, fleet, step, pend, sc, state)
+        finally:
+            self.memwatch.phase = prev
 
     def _progress(self, start: int) -> Any:
         """A context giving `advance(completed)`: steps done with elapsed time and ETA (a rich bar on a terminal;
@@ -480,6 +484,7 @@ class Trainer:
         summary = {"steps": self.cfg.run.steps, "started_at_step": start, "wall_seconds": time.perf_counter() - t_run,
                    "peak_memory_gib": round(peak, 3), "peak_memory_processes": self.memwatch.peak_procs,
                    "peak_memory_phase": self.memwatch.peak_phase,
+                   "peak_memory_by_phase_gib": {k: round(v / 2**30, 3) for k, v in self.memwatch.phase_peaks.items()},
                    "peak_memory_top_gib": [[t, round(b / 2**30, 3)] for t, b in self.memwatch.peak_top],
                    "model_path": self.model_path, "mode": self.cfg.pipeline.mode,
                    "final_hf": str(self.rundir.root / "final_hf"), "held_out": self.eval_summary,
@@ -488,7 +493,7 @@ class Trainer:
                    "stage_overlap": stage_overlap(self.stage_seconds, self.pipeline_wall)}
         self.rundir.write_json("summary.json", summary)
         self._log(f"peak memory (PSS, driver + {self.memwatch.peak_procs - 1} child processes): {peak:.2f} GiB "
-                  f"{self.memwatch.top_line()} | "
+                  f"{self.memwatch.top_line()}; {self.memwatch.phases_line()} | "
                   f"wall {summary['wall_seconds']:.0f}s")
         self.report.close()
         self._log(self.report.learning_summary())

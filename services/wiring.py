@@ -85,7 +85,13 @@ def env_spec(cfg: Config, serve: bool = True) -> EnvSpec:
     if e.adapter:
         return EnvSpec(kind=e.adapter, **common)
     if e.name == "search" and serve:
-        return EnvSpec("search", e.search.model_copy(update={"url": retrieval_url(cfg)}), **common)
+        from pydantic import SecretStr
+
+        # the token is resolved here, in the driver (the field, else its environment variable), and travels to the
+        # env actors inside their spec: actors on other nodes do not share the driver's environment
+        token = e.search.resolved_token()
+        return EnvSpec("search", e.search.model_copy(update={"url": retrieval_url(cfg),
+                                                             "token": SecretStr(token) if token else None}), **common)
     return EnvSpec(e.name, getattr(e, e.name), **common)
 
 

@@ -67,16 +67,20 @@ def retry_after(r: httpx.Response) -> float | None:
 
 class RetrievalClient:
     def __init__(self, url: str, topk: int = 3, timeout_s: float = 10.0, retries: int = 3,
-                 backoff_s: float = 0.2, max_batch: int = 512) -> None:
+                 backoff_s: float = 0.2, max_batch: int = 512, token: str | None = None) -> None:
         self.url, self.topk, self.timeout_s = url, topk, timeout_s
         self.retries, self.backoff_s, self.max_batch = retries, backoff_s, max_batch
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+
+    def __repr__(self) -> str:  # never the token
+        return f"RetrievalClient({self.url!r}, topk={self.topk}, token={'set' if self._headers else 'none'})"
 
     async def aretrieve(self, queries: list[str]) -> list[list[dict[str, str]]]:
         """Top-k `{"id", "contents"}` documents per query, in query order."""
         if not queries:
             return []
         chunks = [queries[i:i + self.max_batch] for i in range(0, len(queries), self.max_batch)]
-        async with httpx.AsyncClient(timeout=self.timeout_s) as client:
+        async with httpx.AsyncClient(timeout=self.timeout_s, headers=self._headers) as client:
             parts = await asyncio.gather(*(self._post(client, c) for c in chunks))
         return [row for part in parts for row in part]
 

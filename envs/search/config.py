@@ -6,9 +6,13 @@ The env only ever *talks* to `url`; starting a local service when none answers i
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+import os
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from envs.search.reward import RewardSpecError, resolve_reward
+
+TOKEN_ENV = "STEPOPSD_SEARCH_TOKEN"  # where the retrieval token comes from when env.search.token is unset
 
 
 class SearchEnvConfig(BaseModel):
@@ -24,6 +28,14 @@ class SearchEnvConfig(BaseModel):
     reward: str = Field("em", description="Reward of an answer turn: 'em' (exact match after SQuAD/Search-R1 normalisation, 0/1), 'f1' (SQuAD token F1 vs the best gold answer, in [0, 1]) or 'module:function', an importable fn(prediction: str, golden_answers: list[str], question: str) -> float (prediction = the last <answer> content); checked when the config loads.")
     success_threshold: float = Field(1.0, allow_inf_nan=False, description="An episode is won (success_rate, the successful siblings the hindsight teacher is shown, the SFT replays kept) when its answer reward >= this, for reward 'f1' and plug-ins; for 'em' won is always the exact match. 1.0 with 'f1' = every gold token and no other.")
     start_service: bool = Field(True, description="The driver starts a local retrieval service if none answers at `url` (the env itself only speaks HTTP).")
+    token: SecretStr | None = Field(None, exclude=True, description=f"Shared token of the retrieval service (sent as `Authorization: Bearer`; a service bound to anything but loopback requires one). None = the {TOKEN_ENV} environment variable, if set. Never written to run directories or logs (excluded from the dumped config).")
+
+    def resolved_token(self) -> str | None:
+        """The token to send / require: this field, else the environment variable (read in the driver: the env
+        actors get the value through their EnvSpec, not their environment)."""
+        if self.token is not None:
+            return self.token.get_secret_value() or None
+        return os.environ.get(TOKEN_ENV) or None
 
     @field_validator("reward")
     @classmethod

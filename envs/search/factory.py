@@ -39,7 +39,8 @@ def load_split_tasks(cfg: SearchEnvConfig, cache_dir: str | Path, split: str = "
 
 def client_for(cfg: SearchEnvConfig) -> RetrievalClient:
     """The HTTP client of the service at `cfg.url` with the section's top-k, timeout and retries."""
-    return RetrievalClient(cfg.url, topk=cfg.topk, timeout_s=cfg.timeout_s, retries=cfg.retries)
+    return RetrievalClient(cfg.url, topk=cfg.topk, timeout_s=cfg.timeout_s, retries=cfg.retries,
+                           token=cfg.resolved_token())
 
 
 def build_search_pool(cfg: SearchEnvConfig, cache_dir: str | Path, num_envs: int = 1,

@@ -47,7 +47,10 @@ class RetrieveRequest(BaseModel):
 
 def create_app(retriever: Retriever, default_topk: int = 3, max_topk: int = DEFAULT_MAX_TOPK,
                max_batch: int = DEFAULT_MAX_BATCH, name: str = "", digest: str = "", managed: bool = False,
-               max_inflight: int = DEFAULT_MAX_INFLIGHT, max_query_chars: int = DEFAULT_MAX_QUERY_CHARS) -> FastAPI:
+               max_inflight: int = DEFAULT_MAX_INFLIGHT, max_query_chars: int = DEFAULT_MAX_QUERY_CHARS,
+               token: str | None = None) -> FastAPI:
+    """The app over `retriever`. With `token`, /retrieve answers only requests carrying `Authorization: Bearer
+    <token>` (401 otherwise; /health stays open: it holds no secret, and liveness probes need it)."""
     if max_inflight < 1 or max_query_chars < 1:
         raise ValueError(f"max_inflight = {max_inflight}, max_query_chars = {max_query_chars}: both must be >= 1")
     app = FastAPI(title="stepopsd retrieval", description="Search-R1-compatible retrieval service")
@@ -57,6 +60,14 @@ def create_app(retriever: Retriever, default_topk: int = 3, max_topk: int = DEFA
     async def _admission(request: Request, call_next: Any) -> Any:
         if request.url.path != "/retrieve":
             return await call_next(request)
+        if token is not None:
+            import hmac
+
+            given = request.headers.get("authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+                return JSONResponse(status_code=401, headers={"WWW-Authenticate": "Bearer"}, content={
+                    "message": "this retrieval service requires its token (Authorization: Bearer; env.search.token "
+                               "or STEPOPSD_SEARCH_TOKEN)"})
         if load["inflight"] >= max_inflight:
             load["refused"] += 1
             return JSONResponse(status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)}, content={
@@ -84,7 +95,7 @@ def create_app(retriever: Retriever, default_topk: int = 3, max_topk: int = DEFA
         return {"status": "ok", "retriever": retriever.name, "num_docs": retriever.num_docs(), "name": name,
                 "digest": digest, "managed": managed, "max_topk": max_topk, "max_batch": max_batch,
                 "max_inflight": max_inflight, "max_query_chars": max_query_chars, "inflight": load["inflight"],
-                "refused": load["refused"]}
+                "refused": load["refused"], "auth": token is not None}
 
     @app.post("/retrieve", response_model=None)
     def retrieve(req: RetrieveRequest) -> dict[str, Any] | JSONResponse:
@@ -113,9 +124,9 @@ def create_app(retriever: Retriever, default_topk: int = 3, max_topk: int = DEFA
 def create_app_from_index(index_dir: str, retriever: str = "bm25", default_topk: int = 3,
                           max_topk: int = DEFAULT_MAX_TOPK, max_batch: int = DEFAULT_MAX_BATCH,
                           managed: bool = False, max_inflight: int = DEFAULT_MAX_INFLIGHT,
-                          max_query_chars: int = DEFAULT_MAX_QUERY_CHARS) -> FastAPI:
+                          max_query_chars: int = DEFAULT_MAX_QUERY_CHARS, token: str | None = None) -> FastAPI:
     from services.search.index import load_retriever, read_meta
 
     r, meta = load_retriever(index_dir, retriever), read_meta(index_dir)
     return create_app(r, default_topk, max_topk, max_batch, name=meta.get("name", ""), digest=meta.get("digest", ""),
-                      managed=managed, max_inflight=max_inflight, max_query_chars=max_query_chars)
+                      managed=managed, max_inflight=max_inflight, max_query_chars=max_query_chars, token=token)

@@ -29,7 +29,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--corpus", help="corpus jsonl or dir; indexed into the cache on first use")
     q.add_argument("--synthetic", action="store_true", help="serve the synthetic KB (seed 0) instead of Wikipedia")
     q.add_argument("--retriever", choices=["bm25", "dense"], default="bm25")
-    q.add_argument("--host", default="127.0.0.1", help="bind address (loopback by default)")
+    q.add_argument("--host", default="127.0.0.1",
+                   help="bind address (loopback by default; any other needs STEPOPSD_SEARCH_TOKEN, then required "
+                        "of every request)")
     q.add_argument("--port", type=int, default=8000)
     q.add_argument("--topk", type=int, default=3, help="default topk when a request omits it")
     q.add_argument("--max-topk", type=int, default=50, help="requests with a larger topk get 422")
@@ -86,6 +88,13 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    import os
+
+    from envs.search.config import TOKEN_ENV
+    from services.search.launcher import check_exposure
+
+    token = os.environ.get(TOKEN_ENV) or None  # from the environment only: argv shows in every process listing
+    check_exposure(args.host, token)
     index = _index_for(args, args.retriever == "dense")
     if args.ray:
         import time
@@ -99,7 +108,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         serve.start(http_options={"host": args.host, "port": args.port})
         app = build_search_deployment(index, args.retriever, num_replicas=args.replicas, default_topk=args.topk,
                                       max_topk=args.max_topk, max_batch=args.max_batch,
-                                      max_inflight=args.max_inflight, max_query_chars=args.max_query_chars)
+                                      max_inflight=args.max_inflight, max_query_chars=args.max_query_chars,
+                                      token=token)
         serve.run(app, name="search", route_prefix="/")
         print(f"Ray Serve: POST http://{args.host}:{args.port}/retrieve ({args.replicas} replicas, index {index})")
         try:
@@ -113,7 +123,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from services.search.app import create_app_from_index
 
     app = create_app_from_index(index, args.retriever, args.topk, args.max_topk, args.max_batch,
-                                max_inflight=args.max_inflight, max_query_chars=args.max_query_chars)
+                                max_inflight=args.max_inflight, max_query_chars=args.max_query_chars, token=token)
     print(f"serving POST http://{args.host}:{args.port}/retrieve (index {index})", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0

@@ -39,8 +39,11 @@ class ServiceHandle:
 
 def start_service(index_dir: str | Path, retriever: str = "bm25", host: str = "127.0.0.1", port: int = 0,
                   ready_timeout_s: float = 30.0, **app_kwargs) -> ServiceHandle:
-    """Serve `index_dir` on host:port (0 = a free port) in a daemon thread; returns once /health answers."""
+    """Serve `index_dir` on host:port (0 = a free port) in a daemon thread; returns once /health answers. A host
+    other than loopback needs `token=` (strangers on the network are refused with 401)."""
     import uvicorn
+
+    check_exposure(host, app_kwargs.get("token"))
 
     from services.search.app import create_app_from_index
 
@@ -62,7 +65,17 @@ def start_service(index_dir: str | Path, retriever: str = "bm25", host: str = "1
     raise RuntimeError(f"retrieval service on {host}:{port} did not become ready within {ready_timeout_s}s")
 
 
-_LOOPBACK = {"127.0.0.1", "localhost"}
+_LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+def check_exposure(host: str, token: str | None) -> None:
+    """A retrieval service reachable from other machines must require a token."""
+    if host not in _LOOPBACK and not token:
+        from envs.base import InputError
+        from envs.search.config import TOKEN_ENV
+
+        raise InputError(f"retrieval service on {host}: a service other machines can reach needs a token (set "
+                         f"{TOKEN_ENV} or env.search.token); bind 127.0.0.1 to serve this machine only")
 _log = logging.getLogger(__name__)
 
 
@@ -97,11 +110,12 @@ def ensure_service(cfg: SearchEnvConfig, cache_dir: str | Path) -> tuple[str, Se
     parts = urlsplit(cfg.url)
     if answer is None and parts.hostname in _LOOPBACK and parts.port:
         try:
-            return cfg.url, start_service(index, host="127.0.0.1", port=parts.port, ready_timeout_s=15, managed=True)
+            return cfg.url, start_service(index, host="127.0.0.1", port=parts.port, ready_timeout_s=15, managed=True,
+                                          token=cfg.resolved_token())
         except RuntimeError:  # port taken (maybe a sibling just started it): the same rule as above
             if (again := probe(cfg.url)) is not None and (not again.get("managed") or serves(again, meta)):
                 return cfg.url, None
-    service = start_service(index, managed=True)
+    service = start_service(index, managed=True, token=cfg.resolved_token())
     return service.url, service
 
 

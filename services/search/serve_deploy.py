@@ -23,7 +23,8 @@ from services.search.app import (
 def build_search_deployment(index_dir: str | Path, retriever: str = "bm25", num_replicas: int = 1,
                             num_cpus: float = 0.5, default_topk: int = 3, max_topk: int = DEFAULT_MAX_TOPK,
                             max_batch: int = DEFAULT_MAX_BATCH, max_ongoing_requests: int = 16,
-                            max_inflight: int = DEFAULT_MAX_INFLIGHT, max_query_chars: int = DEFAULT_MAX_QUERY_CHARS) -> Any:
+                            max_inflight: int = DEFAULT_MAX_INFLIGHT, max_query_chars: int = DEFAULT_MAX_QUERY_CHARS,
+                            token: str | None = None) -> Any:
     """A bound Ray Serve application serving `index_dir` (pass it to `serve.run`)."""
     try:
         from ray import serve
@@ -36,7 +37,7 @@ def build_search_deployment(index_dir: str | Path, retriever: str = "bm25", num_
         from services.search.app import create_app_from_index
 
         return create_app_from_index(index, retriever, default_topk, max_topk, max_batch,
-                                     max_inflight=max_inflight, max_query_chars=max_query_chars)
+                                     max_inflight=max_inflight, max_query_chars=max_query_chars, token=token)
 
     deployment = serve.deployment(
         serve.ingress(build_app)(),

@@ -168,3 +168,75 @@ def test_the_env_client_waits_retry_after_within_its_budget(busy_service):
 
     _concurrently([call] * 3)
     assert errs and all("HTTP 503" in e and "max_inflight" in e for e in errs), errs
+
+
+@pytest.fixture(scope="module")
+def guarded(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("guarded")
+    corpus, _ = write_kb(generate_kb(1, n_people=20), tmp / "kb")
+    svc = start_service(build_index(corpus, tmp / "index", name="kb1"), token="s3cret-tok")
+    yield svc
+    svc.stop()
+
+
+def test_a_tokened_service_refuses_strangers(guarded):
+    from envs.search.client import RetrievalClient, SearchServiceError
+
+    body = {"queries": ["company"], "topk": 2}
+    assert httpx.post(guarded.url, json=body).status_code == 401
+    wrong = httpx.post(guarded.url, json=body, headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 401 and "s3cret" not in wrong.text
+    assert httpx.post(guarded.url, json=body, headers={"Authorization": "Bearer s3cret-tok"}).status_code == 200
+    assert probe(guarded.url)["auth"] is True  # /health stays open (liveness), and says a token is needed
+    assert len(RetrievalClient(guarded.url, topk=2, token="s3cret-tok").retrieve(["company"])[0]) == 2
+    with pytest.raises(SearchServiceError, match="401"):
+        RetrievalClient(guarded.url, topk=2, retries=0).retrieve(["company"])
+    assert "s3cret" not in repr(RetrievalClient(guarded.url, token="s3cret-tok"))
+
+
+def test_a_service_other_machines_can_reach_needs_a_token(tmp_path, monkeypatch, capsys):
+    from envs.base import InputError
+    from services.cli import main
+
+    with pytest.raises(InputError, match="needs a token"):
+        start_service(tmp_path / "no-index-needed", host="0.0.0.0")
+    monkeypatch.delenv("STEPOPSD_SEARCH_TOKEN", raising=False)
+    assert main(["search", "serve", "--synthetic", "--host", "0.0.0.0", "--cache-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "needs a token (set STEPOPSD_SEARCH_TOKEN" in err[0], err
+
+
+def test_a_runs_token_reaches_its_service_and_envs_and_no_file(tmp_path, monkeypatch):
+    """STEPOPSD_SEARCH_TOKEN in the driver's environment: the local service the driver starts requires it, the env
+    spec handed to the actors carries it, and a training run leaves it nowhere in its run directory."""
+    from envs.search.factory import client_for
+    from services.config import load_config
+    from services.train import Trainer
+    from services.wiring import env_spec, stop_retrieval_services
+    from tests.services.test_pipeline_inprocess import BASE
+
+    secret = "tok-" + "9f3e1c7a5b"
+    monkeypatch.setenv("STEPOPSD_SEARCH_TOKEN", secret)
+    cfg = load_config(None, [*BASE, "env.name=search", f"env.search.url=http://127.0.0.1:{_free()}/retrieve",
+                             f"run.dir={tmp_path / 'run'}", "run.steps=1", f"model.cache_dir={tmp_path / 'cache'}"])
+    try:
+        spec = env_spec(cfg)
+        assert spec.options.token is not None and spec.options.url == cfg.env.search.url
+        assert httpx.post(spec.options.url, json={"queries": ["company"]}).status_code == 401
+        assert len(client_for(spec.options).retrieve(["company"])[0]) == cfg.env.search.topk
+        Trainer(cfg).run()
+        rows = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+        assert rows and '"env_errors": 0.0' in rows[0]
+        leaked = [str(f) for f in (tmp_path / "run").rglob("*") if f.is_file() and secret.encode() in f.read_bytes()]
+        assert not leaked, leaked
+        import yaml
+
+        assert "token" not in yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["env"]["search"]
+    finally:
+        stop_retrieval_services()
+
+
+def _free():
+    from services.search.launcher import free_port
+
+    return free_port()
