@@ -47,6 +47,8 @@ BENCHES: list[tuple[str, list[str], int, str]] = [
      "our multi-turn rollout vs the bare engine replaying the same generate calls (HF and vLLM)"),
     ("retrieval", ["benchmarks/retrieval.py", "--corpus", "wiki", "--batches", "5", "--naive-batches", "1"], 600,
      "BM25 retrieval: bm25s vs a naive Python scan, and the HTTP /retrieve service"),
+    ("retrieval_load", ["benchmarks/retrieval_load.py", "--clients", "1,2,4,8,16,32,64", "--seconds", "4"], 300,
+     "the retrieval service under 1...64 concurrent clients (loopback, own process): throughput, p50/p99, 503s"),
     ("weight_sync", ["benchmarks/weight_sync.py", "--model", "builtin:smollm2-135m", "--rollouts", "2",
                      "--repeats", "5"], 600,
      "weight sync to 2 rollout workers, object store vs collective broadcast (gloo), SmolLM2, real Ray actors"),

@@ -221,9 +221,17 @@ def run_isolated(cfg: Any, arm: str, base_path: Path, n_eval: int, keep_checkpoi
     res = _saved(saved, fp)
     if res is not None and (outcomes(res["eval"]) is not None or not (run_dir / "final_hf").exists()):
         return res  # finished earlier: no child process needed
+    from envs.base import InputError
+    from services.config import ConfigError
+
     try:
         code = run_in_child(run_one, (cfg, arm, base_path, n_eval, keep_checkpoints), cfg.run.name)
-    except ChildFailed as e:  # bad input passes as itself; a failure says which run and how to go on
+    except (InputError, ConfigError) as e:  # bad input stays bad input (one line, exit 2), naming the run
+        err2 = type(e)(f"experiment run {cfg.run.dir}: {e}")
+        for note in getattr(e, "__notes__", []):
+            err2.add_note(note)
+        raise err2 from None
+    except ChildFailed as e:  # a failure says which run and how to go on
         err = ChildFailed(f"experiment run {cfg.run.dir}: {e}; finished runs are kept, rerun the same command "
                           "to resume")
         for note in getattr(e, "__notes__", []):
