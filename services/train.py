@@ -118,6 +118,14 @@ class Trainer:
         restore = stop_on_signals(self._request_stop)
         try:
             return self._run(resume, t_run)
+        except Exception as e:
+            msg = actor_input_error(e)
+            if msg is None:
+                raise
+            self._shutdown()  # bad input met in an actor's __init__: one line, exit 2, nothing left running
+            from envs.base import InputError
+
+            raise InputError(msg) from None
         except KeyboardInterrupt as e:
             # a second Ctrl-C abandons the in-flight step (or a test's KeyboardInterrupt): report the last
             # good checkpoint; either way stop every actor and the local Ray this run started
@@ -503,6 +511,30 @@ class Trainer:
         if self.held_out_line:
             self._log(self.held_out_line)
         return self.run_dir
+
+
+def actor_input_error(e: BaseException) -> str | None:
+    """The message of bad input (InputError / ConfigError) raised in an actor's `__init__`, else None. Ray reports
+    such a death as ActorDiedError carrying only the text of the creation task's traceback, whose last line is
+    `<module>.<Class>: <message>`: the class is looked up and checked, so only our bad-input errors match."""
+    import importlib
+    import re
+
+    from actors.ray_actors import actor_death
+    from envs.base import InputError
+
+    death = actor_death(e)
+    if death is None or not getattr(death, "actor_init_failed", False):
+        return None
+    lines = [x.strip() for x in re.sub(r"\x1b\[[0-9;]*m", "", str(death)).splitlines() if x.strip()]
+    m = re.match(r"^([\w.]+)\.(\w+): (.+)$", lines[-1]) if lines else None
+    if m is None:
+        return None
+    try:
+        cls = getattr(importlib.import_module(m.group(1)), m.group(2))
+    except (ImportError, AttributeError):
+        return None
+    return m.group(3) if isinstance(cls, type) and issubclass(cls, InputError | ConfigError) else None
 
 
 def train(config: str | None, overrides: list[str], resume: str | None = None, console: Any = None) -> Path:

@@ -113,3 +113,21 @@ def test_bad_input_met_in_the_sft_child_is_one_line(capfd, tmp_path, case):
     ours = [x for x in err if x.startswith("stepopsd: ")]
     assert len(ours) == 1 and err[-1] == ours[0] and needle in ours[0], err
     assert not any("Traceback" in x or "SFT warm start failed" in x for x in err), err
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_bad_input_met_in_an_actors_init_is_one_line(ray_session, tmp_path):
+    """Ray mode, no SFT: the env pool actor finds the games dir missing in its __init__. Ray reports that as
+    ActorDiedError with the traceback's text; the driver turns it back into the InputError (no recovery attempts,
+    the fleet's actors stopped)."""
+    from services.config import load_config
+    from services.train import Trainer
+
+    cfg = load_config("deploy/configs/smoke_cpu.yaml", ["env.name=alfworld", f"env.alfworld.games_dir={tmp_path / 'nope'}",
+                                                        f"run.dir={tmp_path / 'r'}", "pipeline.mode=ray"])
+    tr = Trainer(cfg)
+    with pytest.raises(InputError) as ei:
+        tr.run()
+    assert str(ei.value) == f"env.alfworld.games_dir = {tmp_path / 'nope'}: no such directory"
+    assert tr.recoveries == 0
