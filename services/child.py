@@ -37,21 +37,6 @@ def _die_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
 
-def one_line(e: BaseException) -> str:
-    """An error's own message on one line: for a RayTaskError wrapping an error raised inside an actor, that of
-    its cause, without the remote traceback."""
-    cause = getattr(e, "cause", None)
-    return " ".join(str(cause if isinstance(cause, BaseException) else e).split())
-
-
-def _is_input_error(e: BaseException) -> bool:
-    from envs.base import InputError
-    from services.config import ConfigError
-
-    cause = getattr(e, "cause", None)
-    return isinstance(e, InputError | ConfigError) or isinstance(cause, InputError | ConfigError)
-
-
 def _child_main(parent_pid: int, target: Callable[..., Any], args: tuple[Any, ...], conn: Any) -> None:
     _die_with_parent(parent_pid)
     # Ctrl-C reaches the whole process group: the parent decides (it terminates the child), no traceback here
@@ -61,10 +46,9 @@ def _child_main(parent_pid: int, target: Callable[..., Any], args: tuple[Any, ..
     except Exception as e:  # noqa: BLE001 -- every error goes back to the parent, which raises it
         import traceback
 
-        from services.config import ConfigError
+        from services.errors import bad_input_kind, one_line
 
-        kind = ("config" if isinstance(e, ConfigError) or isinstance(getattr(e, "cause", None), ConfigError)
-                else "input" if _is_input_error(e) else "error")
+        kind = bad_input_kind(e) or "error"
         conn.send({"kind": kind, "type": type(e).__name__, "message": one_line(e),
                    "traceback": traceback.format_exc()})
         conn.close()

@@ -76,27 +76,21 @@ def main(argv: list[str] | None = None) -> int:
     from envs.base import InputError
     from services.child import ChildFailed
     from services.config import ConfigError
+    from services.errors import one_line
 
     try:
         rc = args.func(args)
     except (ConfigError, InputError) as e:  # also inside a RayTaskError: it is an instance of its cause
         if args.debug:
             raise
-        print(f"stepopsd: {_one_line(e)}", file=sys.stderr)
+        print(f"stepopsd: {one_line(e)}", file=sys.stderr)
         return 2
     except ChildFailed as e:  # SFT / evaluation / an experiment run failed in its child process
         if args.debug:
             raise
-        print(f"stepopsd: {_one_line(e)} (the child's traceback: stepopsd --debug ...)", file=sys.stderr)
+        print(f"stepopsd: {one_line(e)} (the child's traceback: stepopsd --debug ...)", file=sys.stderr)
         return 1
     return int(rc or 0)
-
-
-def _one_line(e: BaseException) -> str:
-    """The error's own message: for a RayTaskError wrapping an InputError (raised inside an actor) that of its
-    cause, without the remote traceback."""
-    cause = getattr(e, "cause", None)
-    return str(cause if isinstance(cause, BaseException) else e).strip()
 
 
 if __name__ == "__main__":

@@ -223,20 +223,15 @@ def run_isolated(cfg: Any, arm: str, base_path: Path, n_eval: int, keep_checkpoi
         return res  # finished earlier: no child process needed
     from envs.base import InputError
     from services.config import ConfigError
+    from services.errors import renamed
 
     try:
         code = run_in_child(run_one, (cfg, arm, base_path, n_eval, keep_checkpoints), cfg.run.name)
     except (InputError, ConfigError) as e:  # bad input stays bad input (one line, exit 2), naming the run
-        err2 = type(e)(f"experiment run {cfg.run.dir}: {e}")
-        for note in getattr(e, "__notes__", []):
-            err2.add_note(note)
-        raise err2 from None
-    except ChildFailed as e:  # a failure says which run and how to go on
-        err = ChildFailed(f"experiment run {cfg.run.dir}: {e}; finished runs are kept, rerun the same command "
-                          "to resume")
-        for note in getattr(e, "__notes__", []):
-            err.add_note(note)  # the child's traceback
-        raise err from None
+        raise renamed(e, f"experiment run {cfg.run.dir}: {e}") from None
+    except ChildFailed as e:  # a failure says which run and how to go on; the child's traceback kept as a note
+        raise renamed(e, f"experiment run {cfg.run.dir}: {e}; finished runs are kept, rerun the same command "
+                         "to resume") from None
     if code != 0 or (res := _saved(saved, fp)) is None:
         raise RuntimeError(f"experiment run {cfg.run.name} ({cfg.run.dir}) failed in its child process "
                            f"(exit code {code}); finished runs are kept, rerun the same command to resume")

@@ -35,12 +35,6 @@ def tree_memory(root: psutil.Process) -> list[tuple[str, int]]:
     return out
 
 
-def tree_memory_bytes(root: psutil.Process) -> tuple[int, int]:
-    """(sum of PSS, number of processes) over root and its descendants."""
-    per = tree_memory(root)
-    return sum(b for _, b in per), len(per)
-
-
 class MemWatch:
     def __init__(self, interval_s: float = 2.0) -> None:
         self.interval_s = interval_s

@@ -30,6 +30,7 @@ from actors.rollout import tasks_for_batch
 from learner.batch import ScoreStats
 from services.checkpointing import restore_fleet, save_fleet_checkpoint
 from services.config import Config, ConfigError, dump_config, load_config
+from services.errors import actor_input_error
 from services.interrupt import TrainingInterrupted, stop_on_signals
 from services.reporting import (
     STAGES,
@@ -189,12 +190,10 @@ class Trainer:
             import ray
 
             if not ray.is_initialized():
-                import os
-
-                from services.wiring import init_ray
+                from services.wiring import init_ray, starts_local_ray
 
                 # recorded before Ray starts, so a signal during its start or the fleet's still stops it
-                self.started_ray |= not (cfg.pipeline.ray_address or os.environ.get("RAY_ADDRESS"))
+                self.started_ray |= starts_local_ray(cfg)
                 try:
                     init_ray(cfg)
                 except SystemExit as e:  # ray.init's own SIGTERM handler while it starts: sys.exit(15)
@@ -511,30 +510,6 @@ class Trainer:
         if self.held_out_line:
             self._log(self.held_out_line)
         return self.run_dir
-
-
-def actor_input_error(e: BaseException) -> str | None:
-    """The message of bad input (InputError / ConfigError) raised in an actor's `__init__`, else None. Ray reports
-    such a death as ActorDiedError carrying only the text of the creation task's traceback, whose last line is
-    `<module>.<Class>: <message>`: the class is looked up and checked, so only our bad-input errors match."""
-    import importlib
-    import re
-
-    from actors.ray_actors import actor_death
-    from envs.base import InputError
-
-    death = actor_death(e)
-    if death is None or not getattr(death, "actor_init_failed", False):
-        return None
-    lines = [x.strip() for x in re.sub(r"\x1b\[[0-9;]*m", "", str(death)).splitlines() if x.strip()]
-    m = re.match(r"^([\w.]+)\.(\w+): (.+)$", lines[-1]) if lines else None
-    if m is None:
-        return None
-    try:
-        cls = getattr(importlib.import_module(m.group(1)), m.group(2))
-    except (ImportError, AttributeError):
-        return None
-    return m.group(3) if isinstance(cls, type) and issubclass(cls, InputError | ConfigError) else None
 
 
 def train(config: str | None, overrides: list[str], resume: str | None = None, console: Any = None) -> Path:

@@ -120,6 +120,11 @@ def policy_model_path(cfg: Config, log: Any = print) -> str:
     return str(resolve_model(cfg.model))
 
 
+def starts_local_ray(cfg: Config) -> bool:
+    """Whether `init_ray` would start a local Ray (no `pipeline.ray_address`, no RAY_ADDRESS) rather than join one."""
+    return not (cfg.pipeline.ray_address or os.environ.get("RAY_ADDRESS"))
+
+
 def init_ray(cfg: Config) -> bool:
     """Join `pipeline.ray_address` (or RAY_ADDRESS), else start a local Ray; no-op when already initialised.
     Returns True when it started a local Ray instance (the caller then owns it and stops it)."""
@@ -129,10 +134,9 @@ def init_ray(cfg: Config) -> bool:
 
     if ray.is_initialized():
         return False
-    addr = cfg.pipeline.ray_address or os.environ.get("RAY_ADDRESS")
     runtime_env = {"env_vars": dict(ACTOR_ENV)}
-    if addr:
-        ray.init(address=addr, runtime_env=runtime_env)
+    if not starts_local_ray(cfg):
+        ray.init(address=cfg.pipeline.ray_address or os.environ["RAY_ADDRESS"], runtime_env=runtime_env)
         return False
     from services.metrics import port_is_free, write_ray_service_discovery
     from services.search.launcher import free_port
