@@ -16,6 +16,7 @@ import torch
 
 from actors.chat import chat_pieces, prompt_text
 from actors.hindsight_context import HINDSIGHT_CONTEXTS
+from learner import roles
 from learner.batch import TrajectoryBatch
 
 
@@ -50,13 +51,8 @@ class TeacherScorer:
             return out
         contexts, conts = [], []
         for i in rows:
-            j = int(sources[i])
-            obs = traj.observations[j] if traj.observations else []
-            user = self.build_context(self.protocol, traj.first_user_messages[i], traj.actions[j], obs)
-            ctx = list(self.tok(prompt_text(self.pieces, self.protocol.system_prompt, user),
-                                add_special_tokens=False)["input_ids"])
             p, n = int(traj.prompt_lengths[i]), int(traj.lengths[i])
-            contexts.append(ctx)
+            contexts.append(self._context(traj, i, int(sources[i])))
             conts.append(traj.input_ids[i, p:n].tolist())
         scores = self.engine.score(contexts, conts)
         for i, s in zip(rows, scores):
@@ -65,3 +61,56 @@ class TeacherScorer:
                 raise RuntimeError(f"teacher returned {len(s)} log-probs for {n - p} tokens (row {i})")
             out[i, p:n] = torch.tensor(s, dtype=torch.float32)
         return out
+
+    def _context(self, traj: TrajectoryBatch, i: int, j: int) -> list[int]:
+        """Token ids of row i's teacher prompt: its own prompt with the hindsight block built from row j."""
+        obs = traj.observations[j] if traj.observations else []
+        user = self.build_context(self.protocol, traj.first_user_messages[i], traj.actions[j], obs)
+        return list(self.tok(prompt_text(self.pieces, self.protocol.system_prompt, user),
+                             add_special_tokens=False)["input_ids"])
+
+    def step_contrast(self, traj: TrajectoryBatch, sources: torch.Tensor,
+                      teacher_logp: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """Per-step action contrast for `stepopsd.step_score: contrast`, and the number of sequences scored.
+
+            c[i, k] = log p_T(a_i,k | x_T(i), y_i,<k) - log p_T(a_j,k | x_T(i), y_i,<k)
+
+        a_i,k: the action-span tokens of row i's step k; a_j,k: those of its hindsight sibling j = sources[i] at
+        the same step index (alignment by step index: the turns before step k may differ, the sibling's action is
+        placed where row i's action starts, after row i's own reasoning of step k); x_T(i): the teacher prompt;
+        y_i,<k: row i's tokens before its action. The first term is the sum of `teacher_logp` (B, T) over
+        a_i,k; the second costs one extra scored sequence per (row, step). c = 0 -- and nothing is scored --
+        where the two actions are the same tokens, where the sibling has no step k, or the row has no action
+        there. Rows without a source are 0. Returns c (B, S) float32, S = max step id + 1.
+        """
+        B = traj.input_ids.shape[0]
+        S = int(traj.step_ids.max()) + 1 if traj.step_ids.numel() else 0
+        out = torch.zeros((B, max(S, 0)), dtype=torch.float32)
+        is_action = traj.span_roles == roles.ACTION  # (B, T)
+        contexts: list[list[int]] = []
+        conts: list[list[int]] = []
+        where: list[tuple[int, int, float]] = []
+        for i in range(B):
+            j = int(sources[i])
+            if j < 0:
+                continue
+            ctx_i: list[int] | None = None
+            p = int(traj.prompt_lengths[i])
+            for k in range(S):
+                own = torch.nonzero(is_action[i] & (traj.step_ids[i] == k)).flatten()  # positions
+                sib = torch.nonzero(is_action[j] & (traj.step_ids[j] == k)).flatten()
+                if own.numel() == 0 or sib.numel() == 0:
+                    continue
+                own_ids, sib_ids = traj.input_ids[i, own], traj.input_ids[j, sib]
+                if own_ids.shape == sib_ids.shape and bool((own_ids == sib_ids).all()):
+                    continue
+                if ctx_i is None:
+                    ctx_i = self._context(traj, i, j)
+                a0 = int(own[0])
+                contexts.append(ctx_i + traj.input_ids[i, p:a0].tolist())
+                conts.append(sib_ids.tolist())
+                where.append((i, k, float(teacher_logp[i, own].double().sum())))
+        if contexts:
+            for (i, k, own_lp), s in zip(where, self.engine.score(contexts, conts)):
+                out[i, k] = own_lp - float(sum(s))
+        return out, len(contexts)

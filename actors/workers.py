@@ -253,13 +253,17 @@ class TeacherWorker(Member):
         traj = _joined([traj, *more])
         sources = hindsight_sources(traj)
         t_logp = self.scorer.teacher_logp(traj, sources) if needs_teacher(sources, self.scoring) else None
+        contrast, n_contrast = (self.scorer.step_contrast(traj, sources, t_logp)
+                                if t_logp is not None and self.scoring.needs_contrast else (None, 0))
         scored = score_batch(traj, t_logp, sources, opts=self.scoring, lam=lam, alpha=alpha,
-                             teacher_version=self.scorer.version, seconds=time.perf_counter() - t0)
+                             teacher_version=self.scorer.version, seconds=time.perf_counter() - t0,
+                             step_contrast=contrast, contrast_sequences=n_contrast)
         return scored, scored.stats
 
     def teacher_logp_share(self, index: int, count: int, *parts: Any) -> tuple[Any, float]:
         """(teacher log-probs (B, T) of the rows of groups index, index + count, ... (0 elsewhere) or None when
-        no row needs the teacher, seconds) for the batch made of `parts`."""
+        no row needs the teacher, seconds) for the batch made of `parts`. With step_score contrast the first
+        item is (log-probs, per-step contrast (B, S), sequences scored), the contrast 0 off these rows too."""
         from learner.scoring import hindsight_sources, needs_teacher
 
         t0 = time.perf_counter()
@@ -269,7 +273,11 @@ class TeacherWorker(Member):
             return None, time.perf_counter() - t0
         groups = torch.unique(traj.group_ids)  # ascending
         mine = torch.isin(traj.group_ids, groups[index::count])  # (B,) rows of this teacher's groups
-        t_logp = self.scorer.teacher_logp(traj, torch.where(mine, sources, -1))
+        mine_sources = torch.where(mine, sources, -1)
+        t_logp = self.scorer.teacher_logp(traj, mine_sources)
+        if self.scoring.needs_contrast:
+            contrast, n = self.scorer.step_contrast(traj, mine_sources, t_logp)
+            return (t_logp, contrast, n), time.perf_counter() - t0
         return t_logp, time.perf_counter() - t0
 
     @returns(2)
@@ -281,11 +289,17 @@ class TeacherWorker(Member):
         t0 = time.perf_counter()
         traj = _joined(list(items[:n_parts]))
         shares = list(items[n_parts:])
-        logps = [lp for lp, _ in shares if lp is not None]
-        t_logp = torch.stack(logps).sum(0) if logps else None
+        got = [lp for lp, _ in shares if lp is not None]
+        contrast, n_contrast = None, 0
+        if got and isinstance(got[0], tuple):  # step_score contrast: (log-probs, contrast, sequences)
+            contrast = torch.stack([c for _, c, _ in got]).sum(0)
+            n_contrast = sum(n for _, _, n in got)
+            got = [lp for lp, _, _ in got]
+        t_logp = torch.stack(got).sum(0) if got else None
         spent = max((sec for _, sec in shares), default=0.0)
         scored = score_batch(traj, t_logp, hindsight_sources(traj), opts=self.scoring, lam=lam, alpha=alpha,
-                             teacher_version=self.scorer.version, seconds=spent + time.perf_counter() - t0)
+                             teacher_version=self.scorer.version, seconds=spent + time.perf_counter() - t0,
+                             step_contrast=contrast, contrast_sequences=n_contrast)
         return scored, scored.stats
 
 

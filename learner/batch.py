@@ -153,6 +153,7 @@ class ScoreStats:
     no_teacher_count: float = 0.0  # trajectories without one (w = 1)
     lowest_delta_step_share: float = 0.0  # failed trajectories with a teacher: share of |A^ - A| on their lowest-delta step
     score_seconds: float = 0.0  # wall time of the scoring stage (teacher forward included)
+    contrast_sequences: float = 0.0  # step_score contrast: sibling actions the teacher scored (one sequence each)
 
     def as_dict(self) -> dict[str, float]:
         return {k: float(v) for k, v in asdict(self).items()}

@@ -70,6 +70,51 @@ def trajectory_mean_rescale(w: torch.Tensor, shape_mask: torch.Tensor) -> torch.
     return _group_mean_rescale(w, shape_mask, key, B)
 
 
+STEP_SCORES = ("mean", "sum", "min", "first", "contrast")
+
+
+def _slot_reduce(
+    values: torch.Tensor, sel: torch.Tensor, key: torch.Tensor, n_keys: int, reduce: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reduce `values` over the selected tokens of each slot.
+
+    values: (B, T) float; sel: (B, T) bool; key: (B, T) long in [0, n_keys); reduce: "mean" | "sum" | "min"
+    | "first" (the selected token with the lowest position in its row). Returns score (n_keys,) float64 (0 for
+    an empty slot) and count (n_keys,) float64 (selected tokens per slot).
+    """
+    key_m = key[sel]  # (N,), row-major: positions increase within a row
+    v = values[sel].to(torch.float64)  # (N,)
+    z = torch.zeros(n_keys, dtype=torch.float64, device=values.device)
+    cnt = z.clone().index_add_(0, key_m, torch.ones_like(v))
+    if reduce == "mean":
+        score = z.clone().index_add_(0, key_m, v) / cnt.clamp(min=1.0)
+    elif reduce == "sum":
+        score = z.clone().index_add_(0, key_m, v)
+    elif reduce == "min":
+        score = torch.full_like(z, torch.inf).scatter_reduce(0, key_m, v, "amin", include_self=True)
+        score = torch.where(cnt > 0, score, z)
+    elif reduce == "first":
+        pos = torch.arange(values.shape[1], device=values.device).expand_as(values)[sel]  # (N,) long
+        big = torch.full((n_keys,), values.shape[1], dtype=torch.long, device=values.device)
+        first = big.scatter_reduce(0, key_m, pos, "amin", include_self=True)  # (n_keys,)
+        at_first = pos == first[key_m]  # (N,) one True per non-empty slot
+        score = z.clone().index_add_(0, key_m[at_first], v[at_first])
+    else:
+        raise ValueError(f"step score must be one of {STEP_SCORES}, got {reduce!r}")
+    return score, cnt
+
+
+def _contrast_slots(contrast: torch.Tensor, B: int, n_slots: int) -> torch.Tensor:
+    """(B, S') per-step contrast -> (B * n_slots,) float64 slot scores (slot 0, step -1, gets 0; steps the
+    tensor does not cover get 0)."""
+    if contrast.dim() != 2 or contrast.shape[0] != B:
+        raise ValueError(f"step contrast must be (B={B}, S), got {tuple(contrast.shape)}")
+    out = torch.zeros(B, n_slots, dtype=torch.float64, device=contrast.device)
+    s = min(contrast.shape[1], n_slots - 1)
+    out[:, 1: 1 + s] = contrast[:, :s].to(torch.float64)
+    return out.reshape(-1)
+
+
 def step_level_weights(
     delta: torch.Tensor,
     adv: torch.Tensor,
@@ -77,29 +122,36 @@ def step_level_weights(
     step_ids: torch.Tensor,
     lo: float,
     hi: float,
+    step_score: str = "mean",
+    contrast: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """`step_level` budget: one weight per (row, step), from the step's mean delta, normalised over steps.
+    """`step_level` budget: one weight per (row, step), from the step's score, normalised over steps.
 
-        w_s = clip(2 sigmoid(sign(A_s) * mean_{t in s} delta_t), lo, hi)
+        c_s = reduce_{t in s} delta_t       (step_score mean | sum | min | first; or the given contrast)
+        w_s = clip(2 sigmoid(sign(A_s) * c_s), lo, hi)
         w_s <- clip(w_s / mean_{s' shaped in row} w_s', lo, hi)      (each step counted once)
 
     sign(A_s) is the sign of the sum of A over the step's shaped tokens (A is constant along a GRPO row, so
     this is the row's sign; A = 0 gives w_s = 1).
 
     delta: (B, T) float, finite on the mask; adv: (B, T) float; shape_mask: (B, T) bool; step_ids: (B, T)
-    long, -1 outside steps (one pseudo-step per row). Returns (B, T) float, w_s on every shaped token of
-    step s and 1 off the mask.
+    long, -1 outside steps (one pseudo-step per row); contrast: (B, S) float, needed for step_score
+    "contrast" (`step_scores`). Returns (B, T) float, w_s on every shaped token of step s and 1 off the mask.
     """
     B = delta.shape[0]
     key, n_slots = _slot_keys(step_ids)
     key_m = key[shape_mask]  # (N,)
     z = torch.zeros(B * n_slots, dtype=torch.float64, device=delta.device)
-    d_sum = z.clone().index_add_(0, key_m, delta[shape_mask].to(torch.float64))  # (B * n_slots,)
     a_sum = z.clone().index_add_(0, key_m, adv[shape_mask].to(torch.float64))
-    cnt = z.clone().index_add_(0, key_m, torch.ones_like(key_m, dtype=torch.float64))
+    if step_score == "contrast":
+        if contrast is None:
+            raise ValueError("step_score 'contrast' needs the teacher's per-step contrast (B, S)")
+        _, cnt = _slot_reduce(delta, shape_mask, key, B * n_slots, "sum")
+        score = _contrast_slots(contrast, B, n_slots)
+    else:
+        score, cnt = _slot_reduce(delta, shape_mask, key, B * n_slots, step_score)
     present = (cnt > 0).view(B, n_slots)  # (B, n_slots)
-    mean_d = (d_sum / cnt.clamp(min=1.0)).view(B, n_slots)
-    w_s = (2.0 * torch.sigmoid(torch.sign(a_sum.view(B, n_slots)) * mean_d)).clamp(lo, hi)  # (B, n_slots)
+    w_s = (2.0 * torch.sigmoid(torch.sign(a_sum.view(B, n_slots)) * score.view(B, n_slots))).clamp(lo, hi)
     w_s = torch.where(present, w_s, torch.zeros_like(w_s))
     row_mean = w_s.sum(dim=1, keepdim=True) / present.sum(dim=1, keepdim=True).clamp(min=1)  # (B, 1)
     w_s = (w_s / row_mean.clamp(min=1e-12)).clamp(lo, hi).reshape(-1)  # (B * n_slots,)
@@ -108,14 +160,24 @@ def step_level_weights(
     return out
 
 
-def step_mean_delta(
-    delta: torch.Tensor, shape_mask: torch.Tensor, step_ids: torch.Tensor
+def step_scores(
+    delta: torch.Tensor,
+    shape_mask: torch.Tensor,
+    step_ids: torch.Tensor,
+    step_score: str = "mean",
+    contrast: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean delta over the shaped tokens of each (row, step).
+    """One score per (row, step) from the delta of its shaped tokens (low = the teacher disputes the step).
 
-    delta: (B, T) float; shape_mask: (B, T) bool; step_ids: (B, T) long (tokens with step -1 are ignored).
-    Returns mean (B, S) in delta's dtype (0 where absent) and present (B, S) bool (the step has at least
-    one shaped token), with S = max step id + 1 (0 when no token has a step).
+    step_score: "mean" | "sum" | "min" over the step's shaped tokens, "first" (its first shaped token), or
+    "contrast" (the given per-step contrast: the teacher's log-prob of the row's action minus that of the
+    hindsight sibling's action at the same step, both in the row's own context; 0 where they are equal or
+    the sibling has no such step).
+
+    delta: (B, T) float; shape_mask: (B, T) bool; step_ids: (B, T) long (tokens with step -1 are ignored);
+    contrast: (B, S') float, only for "contrast". Returns score (B, S) in delta's dtype (0 where absent) and
+    present (B, S) bool (the step has at least one shaped token), with S = max step id + 1 (0 when no token
+    has a step).
     """
     if not (delta.shape == shape_mask.shape == step_ids.shape):
         raise ValueError(
@@ -125,21 +187,43 @@ def step_mean_delta(
     B = delta.shape[0]
     key, n_slots = _slot_keys(step_ids)
     sel = shape_mask & (step_ids >= 0)  # (B, T)
-    key_m = key[sel]  # (N,)
-    z = torch.zeros(B * n_slots, dtype=torch.float64, device=delta.device)
-    d_sum = z.clone().index_add_(0, key_m, delta[sel].to(torch.float64)).view(B, n_slots)[:, 1:]  # (B, S)
-    cnt = z.clone().index_add_(0, key_m, torch.ones_like(key_m, dtype=torch.float64)).view(B, n_slots)[:, 1:]
-    mean = (d_sum / cnt.clamp(min=1.0)).to(delta.dtype)  # (B, S)
-    return mean, cnt > 0
+    if step_score == "contrast":
+        if contrast is None:
+            raise ValueError("step_score 'contrast' needs the teacher's per-step contrast (B, S)")
+        _, cnt = _slot_reduce(delta, sel, key, B * n_slots, "sum")
+        score = _contrast_slots(contrast, B, n_slots)
+    else:
+        score, cnt = _slot_reduce(delta, sel, key, B * n_slots, step_score)
+    score = score.view(B, n_slots)[:, 1:].to(delta.dtype)  # (B, S)
+    return score, cnt.view(B, n_slots)[:, 1:] > 0
 
 
-def lowest_delta_step(delta: torch.Tensor, shape_mask: torch.Tensor, step_ids: torch.Tensor) -> torch.Tensor:
-    """The step with the lowest mean delta among each row's shaped steps (the step the teacher disputes most).
+def step_mean_delta(
+    delta: torch.Tensor, shape_mask: torch.Tensor, step_ids: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean delta over the shaped tokens of each (row, step): `step_scores(..., "mean")`.
 
-    delta: (B, T) float, finite on the mask; shape_mask: (B, T) bool; step_ids: (B, T) long. Returns (B,)
-    long: the step index, the lowest index on ties, -1 for a row with no shaped token in any step.
+    delta: (B, T) float; shape_mask: (B, T) bool; step_ids: (B, T) long (tokens with step -1 are ignored).
+    Returns mean (B, S) in delta's dtype (0 where absent) and present (B, S) bool.
     """
-    mean, present = step_mean_delta(delta, shape_mask, step_ids)  # (B, S), (B, S)
+    return step_scores(delta, shape_mask, step_ids, "mean")
+
+
+def lowest_delta_step(
+    delta: torch.Tensor,
+    shape_mask: torch.Tensor,
+    step_ids: torch.Tensor,
+    step_score: str = "mean",
+    contrast: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The step with the lowest score (`step_scores`) among each row's shaped steps (the step the teacher
+    disputes most).
+
+    delta: (B, T) float, finite on the mask; shape_mask: (B, T) bool; step_ids: (B, T) long; contrast: (B, S')
+    for "contrast". Returns (B,) long: the step index, the lowest index on ties, -1 for a row with no shaped
+    token in any step.
+    """
+    mean, present = step_scores(delta, shape_mask, step_ids, step_score, contrast)  # (B, S), (B, S)
     B = delta.shape[0]
     if mean.shape[1] == 0:
         return torch.full((B,), -1, dtype=torch.long, device=delta.device)

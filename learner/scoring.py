@@ -23,7 +23,7 @@ from learner.advantages import ADV_ESTIMATORS, broadcast_to_tokens
 from learner.batch import ScoredBatch, ScoreStats, TrajectoryBatch
 from learner.filters import STEP_FILTERS
 from learner.hindsight import pick_hindsight_sources
-from learner.stepopsd import error_step_credit_share, lowest_delta_step, shape_advantages
+from learner.stepopsd import STEP_SCORES, error_step_credit_share, lowest_delta_step, shape_advantages
 
 
 @dataclass(frozen=True)
@@ -35,10 +35,21 @@ class ScoringOptions:
     adv_estimator: str = "grpo"  # ADV_ESTIMATORS name
     enabled: bool = True  # False: plain GRPO, the teacher never runs
     hindsight_context: str = "actions"  # the teacher's context builder (actors/hindsight_context.py)
+    step_score: str = "mean"  # STEP_SCORES name: a step's score for `step_level` and the lowest-delta step
+
+    @property
+    def needs_contrast(self) -> bool:
+        """The teacher also scores each sibling action in the row's context (step_score "contrast")."""
+        return self.enabled and self.step_score == "contrast"
 
     def validate(self) -> ScoringOptions:
         STEP_FILTERS.get(self.step_filter)
         ADV_ESTIMATORS.get(self.adv_estimator)
+        if self.step_score not in STEP_SCORES:
+            raise ValueError(f"step_score must be one of {STEP_SCORES}, got {self.step_score!r}")
+        if self.step_score == "contrast" and self.step_filter == "all_generated":
+            raise ValueError("step_score 'contrast' compares the actions of aligned steps; step_filter "
+                             "'all_generated' (OPD) has no steps")
         return self
 
 
@@ -54,7 +65,8 @@ def needs_teacher(sources: torch.Tensor, opts: ScoringOptions) -> bool:
 
 def score_batch(traj: TrajectoryBatch, teacher_logp: torch.Tensor | None, sources: torch.Tensor, *,
                 opts: ScoringOptions, lam: float, alpha: float, teacher_version: int,
-                seconds: float = 0.0) -> ScoredBatch:
+                seconds: float = 0.0, step_contrast: torch.Tensor | None = None,
+                contrast_sequences: int = 0) -> ScoredBatch:
     """Compose the stage from tensors.
 
     Args:
@@ -65,6 +77,9 @@ def score_batch(traj: TrajectoryBatch, teacher_logp: torch.Tensor | None, source
         lam, alpha: the schedule's lambda and alpha_clip for this batch.
         teacher_version: learner version of the teacher snapshot that produced `teacher_logp`.
         seconds: wall time spent producing `teacher_logp` (reported as score_seconds with this function's own).
+        step_contrast: (B, S) float, the teacher's per-step action contrast (`TeacherScorer.step_contrast`);
+            needed when opts.step_score is "contrast" and the teacher ran.
+        contrast_sequences: how many sequences the teacher scored for `step_contrast` (reported).
     """
     t0 = time.perf_counter()
     traj.validate()
@@ -86,13 +101,17 @@ def score_batch(traj: TrajectoryBatch, teacher_logp: torch.Tensor | None, source
     else:
         t_logp = teacher_logp
         shape_mask = STEP_FILTERS.get(opts.step_filter)(traj.span_roles, traj.step_ids) & has_teacher[:, None] & gen
+        if opts.step_score == "contrast" and step_contrast is None:
+            raise ValueError("ScoringOptions.step_score 'contrast' needs step_contrast from the teacher")
     # OPD (all_generated) is the "monolithic string": one credit budget over the whole trajectory
     budget_steps = torch.where(gen, 0, -1) if opts.step_filter == "all_generated" else traj.step_ids  # (B, T)
     adv_hat, shaped = shape_advantages(adv, traj.behaviour_logp, t_logp, shape_mask, budget_steps,
-                                       lam=lam, alpha=alpha, credit_budget=opts.credit_budget, token_mask=gen)
+                                       lam=lam, alpha=alpha, credit_budget=opts.credit_budget, token_mask=gen,
+                                       step_score=opts.step_score, step_contrast=step_contrast)
     # training-time localisation signal: where the reshaping lands in failed trajectories
     delta = torch.nan_to_num(t_logp - traj.behaviour_logp, nan=0.0, posinf=0.0, neginf=0.0)  # (B, T)
-    target = lowest_delta_step(delta, shape_mask, traj.step_ids)  # (B,)
+    target = lowest_delta_step(delta, shape_mask, traj.step_ids, opts.step_score,
+                               step_contrast if step_contrast is not None else torch.zeros(traj.batch_size, 0))  # (B,)
     failed = has_teacher & ~traj.success  # (B,)
     stats = ScoreStats(
         **shaped,
@@ -101,6 +120,7 @@ def score_batch(traj: TrajectoryBatch, teacher_logp: torch.Tensor | None, source
         teacher_coverage=float(has_teacher.float().mean()),
         no_teacher_count=float((~has_teacher).sum()),
         score_seconds=seconds + time.perf_counter() - t0,
+        contrast_sequences=float(contrast_sequences),
     )
     return ScoredBatch(traj=traj, advantages=adv, shaped_advantages=adv_hat, shape_mask=shape_mask,
                        teacher_logp=t_logp, has_teacher=has_teacher, teacher_version=teacher_version,

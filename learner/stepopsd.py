@@ -16,8 +16,11 @@ offer them side by side (implemented in learner/credit.py):
 - `trajectory_mean`: w_t <- w_t / mean_{t' in row} w_t' over all shaped tokens of the trajectory. The
   trajectory keeps its total credit, but credit moves between steps: toward the steps the teacher supports
   (delta > 0) when A > 0, toward the steps it disputes (delta < 0) when A < 0.
-- `step_level`: one weight per step, w_s = clip(2 * sigmoid(sign(A) * mean_{t in s} delta_t)), divided by
-  its mean over the trajectory's shaped steps (each step counted once); every shaped token of s gets w_s.
+- `step_level`: one weight per step, w_s = clip(2 * sigmoid(sign(A) * c_s)), divided by its mean over the
+  trajectory's shaped steps (each step counted once); every shaped token of s gets w_s. The step score c_s
+  is `step_score` (learner/credit.py `step_scores`): the mean (default), sum, min or first of the step's
+  shaped deltas, or `contrast`: log p_T(the row's action) - log p_T(the sibling's action at the same step),
+  both in the row's own context (computed by the teacher, passed in as `step_contrast`).
 - `none`: the per-token weights as they are.
 
 Tokens with step id -1 (outside steps; shaped only under `all_generated`) form one pseudo-step per row.
@@ -41,6 +44,7 @@ from learner.credit import (
     step_level_weights,
     step_mean_delta,
     step_mean_rescale,
+    step_scores,
     trajectory_mean_rescale,
 )
 
@@ -51,9 +55,11 @@ __all__ = [
     "shape_advantages",
     "step_credit_share",
     "step_mean_delta",
+    "step_scores",
 ]
 
 CREDIT_BUDGETS = ("step_mean", "trajectory_mean", "step_level", "none")
+STEP_SCORES = ("mean", "sum", "min", "contrast")  # training's choices (`first` is a diagnose reduction)
 
 
 def shape_advantages(
@@ -67,6 +73,8 @@ def shape_advantages(
     alpha: float,
     credit_budget: str = "step_mean",
     token_mask: torch.Tensor | None = None,
+    step_score: str = "mean",
+    step_contrast: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Reshape token advantages with hindsight-teacher weights.
 
@@ -84,6 +92,8 @@ def shape_advantages(
             weight per step from its mean delta, normalised over steps) or "none".
         token_mask: (B, T) bool, tokens over which Var(A) and Var(A^) are reported (the trained tokens);
             defaults to `shape_mask`.
+        step_score: the step score of the `step_level` budget: "mean" | "sum" | "min" | "first" | "contrast".
+        step_contrast: (B, S) float per-step contrast from the teacher; required for step_score "contrast".
 
     Returns:
         adv_hat: (B, T) float, equal to `adv` off `shape_mask` (and bit-identical everywhere when lam == 0).
@@ -118,7 +128,7 @@ def shape_advantages(
         elif credit_budget == "trajectory_mean":
             w = trajectory_mean_rescale(w, shape_mask).clamp(lo, hi)
         elif credit_budget == "step_level":
-            w = step_level_weights(delta, adv, shape_mask, step_ids, lo, hi)
+            w = step_level_weights(delta, adv, shape_mask, step_ids, lo, hi, step_score, step_contrast)
 
     if lam == 0.0:
         adv_hat = adv.clone()  # lambda = 0 is plain GRPO, bit for bit

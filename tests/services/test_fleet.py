@@ -117,3 +117,44 @@ def test_merged_stats_take_the_slowest_worker_and_sum_counts():
 def test_process_only_fleet_settings_need_ray(override, needle):
     with pytest.raises(ConfigError, match=needle):
         load_config(None, [*BASE, override])
+
+
+def test_contrast_step_score_worked_and_split_over_teachers(tmp_path):
+    """`stepopsd.step_score: contrast` with the real HF engine: an entry equals the engine's own log-probs of the
+    row's action minus the sibling's, spliced at the row's action; two teachers give what one gives."""
+    from learner.scoring import hindsight_sources
+
+    cfg = _cfg(tmp_path, "c", "rollout.tasks_per_step=3", "stepopsd.step_score=contrast",
+               "stepopsd.credit_budget=step_level")
+    (rw,), _, mp, spec = _workers(cfg, 1)
+    traj, _ = rw.run(tasks_for_batch(rw.task_ids(), 0, 3, cfg.run.seed), 0)
+    snap = str(tmp_path / "snap.safetensors")
+    teachers = [TeacherWorker(cfg.model, cfg.rollout, cfg.run.seed, spec, scoring_options(cfg), snap, mp, "hf", j)
+                for j in range(2)]
+    ref, ref_stats = teachers[0].score(traj, 0.5, 0.2)
+    assert ref_stats.contrast_sequences > 0
+    scorer = teachers[0].scorer
+    sources = hindsight_sources(traj)
+    t_logp = scorer.teacher_logp(traj, sources)
+    c, n = scorer.step_contrast(traj, sources, t_logp)
+    assert n == ref_stats.contrast_sequences and c.shape == (12, int(traj.step_ids.max()) + 1)
+    assert bool((c[sources < 0] == 0).all())  # rows without a hindsight sibling get no contrast
+    i, k = (int(x) for x in torch.nonzero(c)[0])
+    j = int(sources[i])
+    act_i = torch.nonzero((traj.span_roles[i] == 2) & (traj.step_ids[i] == k)).flatten()
+    act_j = torch.nonzero((traj.span_roles[j] == 2) & (traj.step_ids[j] == k)).flatten()
+    ctx = scorer._context(traj, i, j) + traj.input_ids[i, int(traj.prompt_lengths[i]):int(act_i[0])].tolist()
+    own, sib = scorer.engine.score([ctx, ctx], [traj.input_ids[i, act_i].tolist(), traj.input_ids[j, act_j].tolist()])
+    assert float(c[i, k]) == pytest.approx(sum(own) - sum(sib), abs=1e-3)
+    # the step_level weights follow the contrast, not the mean delta: recomputing with mean changes A^
+    mean_opts = scoring_options(_cfg(tmp_path, "m", "stepopsd.credit_budget=step_level"))
+    from learner.scoring import score_batch
+
+    by_mean = score_batch(traj, t_logp, sources, opts=mean_opts, lam=0.5, alpha=0.2, teacher_version=0)
+    assert not torch.allclose(by_mean.shaped_advantages, ref.shaped_advantages)
+    halves = [traj.select(list(range(0, 4))), traj.select(list(range(4, 12)))]
+    shares = [t.teacher_logp_share(j, 2, *halves) for j, t in enumerate(teachers)]
+    got, stats = teachers[0].compose(0.5, 0.2, 2, *halves, *shares)
+    torch.testing.assert_close(got.shaped_advantages, ref.shaped_advantages, atol=1e-5, rtol=0)
+    assert stats.contrast_sequences == ref_stats.contrast_sequences
+    assert stats.lowest_delta_step_share == pytest.approx(ref_stats.lowest_delta_step_share, abs=1e-6)
