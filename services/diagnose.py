@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from typing import Any
 
 BUDGETS = ("step_mean", "trajectory_mean", "step_level", "none")
 CONTEXTS = ("actions", "trajectory", "none")
+REDUCTIONS = ("mean", "sum", "min", "first", "contrast")  # step scores (learner/credit.py step_scores)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -40,6 +42,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     lo.add_argument("--out", default=None, help="also write every figure as JSON here (and the tables as .md beside)")
     lo.add_argument("--knobs", default="1:0.5", help="extra lambda:alpha pairs (comma-separated) whose credit shares "
                     "are reported beside the config's (same teacher passes); '' for none")
+    lo.add_argument("--reduce", default="mean,sum,min,first",
+                    help=f"step scores to compare, comma-separated (of {', '.join(REDUCTIONS)}); the first names the "
+                    "last lines. contrast: log p_T(own action) - log p_T(the reference's action at the same step), one "
+                    "extra teacher-scored sequence per step whose actions differ")
     lo.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     lo.set_defaults(func=run_localize)
     mk = dsub.add_parser("make-cases", help="write labelled step-error cases from generated games / the KB")
@@ -137,47 +143,124 @@ def _student_logp(engine: Any, batch: Any) -> Any:
     return out
 
 
-def diagnose_case(batch: Any, t_logp: Any, error_step: int | None, *, step_filter: str,
-                  adv_estimator: str, lam: float, alpha: float,
-                  extra_knobs: tuple[tuple[float, float], ...] = ()) -> dict[str, Any]:
-    """Figures of one case: `batch` row 0 = reference (won), row 1 = the diagnosed trajectory; `t_logp` (2, T).
-    Credit shares at (lam, alpha) and, under "credit_share_at", at every (lam, alpha) of `extra_knobs`."""
+def first_content_mask(batch: Any, tokenizer: Any) -> Any:
+    """(B, T) bool: per step, the first action-span token after the opening tag (`<action>`, `<search>`,
+    `<answer>`): the action's first word piece ("examine" vs "use"), where the `first` reduction reads Δ. BPE
+    may merge the tag's "<" into the reasoning's closing tag ("</think><" -> "><"), so the span can start at the
+    tag's name."""
     import torch
 
+    from learner import roles
+
+    out = torch.zeros_like(batch.step_ids, dtype=torch.bool)
+    is_action = batch.span_roles == roles.ACTION
+    for i in range(batch.batch_size):
+        for k in sorted({int(x) for x in batch.step_ids[i][is_action[i]].tolist()}):
+            pos = torch.nonzero(is_action[i] & (batch.step_ids[i] == k)).flatten().tolist()
+            for n, p in enumerate(pos):
+                text = tokenizer.decode(batch.input_ids[i, pos[: n + 1]].tolist())
+                m = re.match(r"\s*<?\w+>", text)  # the tag's "<" may sit in the previous token ("><")
+                if text[m.end() if m else 0:].strip():
+                    out[i, p] = True
+                    break
+    return out
+
+
+def step_tokens(batch: Any, row: int, tokenizer: Any, shape_mask: Any) -> dict[int, dict[str, Any]]:
+    """Row `row`'s tokens per step: token strings, role names, shaped flags and the student's log-probs (so any
+    reduction of Δ can be recomputed offline from a saved report)."""
+    from learner import roles
+
+    out: dict[int, dict[str, Any]] = {}
+    n = int(batch.lengths[row])
+    for t in range(int(batch.prompt_lengths[row]), n):
+        k = int(batch.step_ids[row, t])
+        if k < 0:
+            continue
+        d = out.setdefault(k, {"pos": [], "tokens": [], "roles": [], "shaped": [], "student": []})
+        d["pos"].append(t)
+        d["tokens"].append(tokenizer.decode([int(batch.input_ids[row, t])]))
+        d["roles"].append(roles.NAMES.get(int(batch.span_roles[row, t]), "?"))
+        d["shaped"].append(bool(shape_mask[row, t]))
+        d["student"].append(round(float(batch.behaviour_logp[row, t]), 5))
+    return out
+
+
+def diagnose_case(batch: Any, t_logp: Any, error_step: int | None, *, step_filter: str,
+                  adv_estimator: str, lam: float, alpha: float,
+                  extra_knobs: tuple[tuple[float, float], ...] = (), reductions: tuple[str, ...] = ("mean",),
+                  contrast: Any = None, first_mask: Any = None) -> dict[str, Any]:
+    """Figures of one case: `batch` row 0 = reference (won), row 1 = the diagnosed trajectory; `t_logp` (2, T).
+
+    Per reduction r of `reductions` (REDUCTIONS), under "by_reduce"[r]: the step scores of the diagnosed row,
+    its lowest step, the hit, and the credit shares per budget at (lam, alpha) and at every `extra_knobs` pair
+    (only `step_level` depends on the reduction). `contrast` (2, S): the teacher's action contrast (needed for
+    "contrast"); `first_mask` (2, T): `first_content_mask` (needed for "first"). The first reduction's figures
+    are also kept at the top level (the report format before reductions).
+    """
+    import torch
+
+    from learner.credit import step_scores
     from learner.scoring import ScoringOptions, score_batch
-    from learner.stepopsd import lowest_delta_step, step_credit_share, step_mean_delta
+    from learner.stepopsd import step_credit_share
 
     sources = torch.tensor([-1, 0])
-    res: dict[str, Any] = {"credit_share_at": {}}
     target = torch.tensor([-1, -1 if error_step is None else error_step])
-    for kl, ka in ((lam, alpha), *extra_knobs):
-        shares = res["credit_share_at"].setdefault(knob_label(kl, ka), {})
-        for budget in BUDGETS:
-            opts = ScoringOptions(step_filter=step_filter, credit_budget=budget, adv_estimator=adv_estimator)
-            sb = score_batch(batch, t_logp, sources, opts=opts, lam=kl, alpha=ka, teacher_version=0)
-            shares[budget], res["token_share"] = step_credit_share(
-                sb.shaped_advantages, sb.shape_mask, batch.step_ids, target, torch.tensor([False, True]))
-    res["credit_share"] = res["credit_share_at"][knob_label(lam, alpha)]
     delta = torch.nan_to_num(t_logp - batch.behaviour_logp, nan=0.0, posinf=0.0, neginf=0.0)  # (2, T)
-    mask = sb.shape_mask  # the same for every budget
-    mean, present = step_mean_delta(delta, mask, batch.step_ids)  # (2, S)
-    steps = [k for k in range(mean.shape[1]) if bool(present[1, k])]
-    res["step_delta"] = {k: float(mean[1, k]) for k in steps}
-    res["lowest_step"] = int(lowest_delta_step(delta, mask, batch.step_ids)[1])
-    res["n_steps"] = len(steps)
-    res["hit"] = is_hit(res["step_delta"], res["lowest_step"], error_step)
-    res["mean_delta"] = float(delta[1][mask[1]].mean()) if bool(mask[1].any()) else 0.0
+    res: dict[str, Any] = {"by_reduce": {}}
+    mask = None
+    for r in reductions:
+        # `first` and `contrast` reach the step_level budget as given per-step scores (the "contrast" slot)
+        given = None
+        if r == "contrast":
+            if contrast is None:
+                raise ValueError("the contrast reduction needs the teacher's step contrast")
+            given = contrast
+        elif r == "first":
+            if first_mask is None:
+                raise ValueError("the first reduction needs first_content_mask")
+            given = None  # filled once the shape mask is known (below)
+        fig: dict[str, Any] = {"credit_share_at": {}}
+        for kl, ka in ((lam, alpha), *extra_knobs):
+            shares = fig["credit_share_at"].setdefault(knob_label(kl, ka), {})
+            for budget in BUDGETS:
+                if r == "first" and given is None:
+                    m0 = score_batch(batch, t_logp, sources, opts=ScoringOptions(
+                        step_filter=step_filter, adv_estimator=adv_estimator), lam=kl, alpha=ka,
+                        teacher_version=0).shape_mask
+                    given = step_scores(delta, m0 & first_mask, batch.step_ids, "sum")[0]
+                opts = ScoringOptions(step_filter=step_filter, credit_budget=budget, adv_estimator=adv_estimator,
+                                      step_score="contrast" if given is not None else r)
+                sb = score_batch(batch, t_logp, sources, opts=opts, lam=kl, alpha=ka, teacher_version=0,
+                                 step_contrast=given)
+                shares[budget], res["token_share"] = step_credit_share(
+                    sb.shaped_advantages, sb.shape_mask, batch.step_ids, target, torch.tensor([False, True]))
+                mask = sb.shape_mask  # the same for every budget
+        fig["credit_share"] = fig["credit_share_at"][knob_label(lam, alpha)]
+        score, present = step_scores(delta, mask, batch.step_ids, "contrast" if given is not None else r, given)
+        steps = [k for k in range(score.shape[1]) if bool(present[1, k])]
+        fig["step_delta"] = {k: float(score[1, k]) for k in steps}
+        fig["lowest_step"] = min(steps, key=lambda k: (fig["step_delta"][k], k)) if steps else -1
+        fig["hit"] = is_hit(fig["step_delta"], fig["lowest_step"], error_step)
+        res["by_reduce"][r] = fig
+        res["n_steps"] = len(steps)
+    res.update({k: v for k, v in res["by_reduce"][reductions[0]].items() if k != "by_reduce"})
+    res["mean_delta"] = float(delta[1][mask[1]].mean()) if mask is not None and bool(mask[1].any()) else 0.0
+    res["delta"] = {k: [round(float(delta[1, t]), 5) for t in range(int(batch.prompt_lengths[1]), int(batch.lengths[1]))
+                        if int(batch.step_ids[1, t]) == k] for k in sorted({int(x) for x in batch.step_ids[1].tolist()} - {-1})}
     return res
 
 
 def localize(cfg: Any, data: Path, model_path: str, contexts: list[str], log: Any = print,
-             extra_knobs: tuple[tuple[float, float], ...] = ()) -> dict[str, Any]:
+             extra_knobs: tuple[tuple[float, float], ...] = (),
+             reductions: tuple[str, ...] = ("mean",)) -> dict[str, Any]:
     """Run every case through every builder; returns the report."""
     import torch
 
     from actors.engines import build_engine
     from actors.teacher import TeacherScorer
     from envs import registry
+    from learner.scoring import ScoringOptions, score_batch
     from services.wiring import env_spec
 
     spec = env_spec(cfg)
@@ -195,6 +278,7 @@ def localize(cfg: Any, data: Path, model_path: str, contexts: list[str], log: An
     scorers = {c: TeacherScorer(engine, protocol=proto, context=c) for c in contexts}
     so = cfg.stepopsd
     rows: list[dict[str, Any]] = []
+    cost = {c: {"teacher_s": 0.0, "contrast_s": 0.0, "contrast_sequences": 0} for c in contexts}
     t0 = time.perf_counter()
     for k, (case, tid) in enumerate(zip(cf.cases, tids)):
         log(f"diagnose: case {k + 1}/{len(cf.cases)} (line {case['line']}), {time.perf_counter() - t0:.0f}s")
@@ -211,27 +295,48 @@ def localize(cfg: Any, data: Path, model_path: str, contexts: list[str], log: An
         batch = type(ref).concat([ref, got])
         batch.group_ids[:] = 0
         batch.behaviour_logp = _student_logp(engine, batch)
+        diff = next((i for i, (a, b) in enumerate(zip(case["actions"], case["reference_actions"])) if a != b),
+                    min(len(case["actions"]), len(case["reference_actions"])))
         row = {"line": case["line"], "task_type": case.get("task_type") or got.task_types[0] or "?",
                "error_step": err, "error_kind": case.get("error_kind"), "turns": int(got.num_turns[0]),
-               "won": bool(got.success[0]), "by_context": {}}
+               "won": bool(got.success[0]), "first_diff_step": diff, "by_context": {}}
+        first = first_content_mask(batch, tok) if "first" in reductions else None
+        mask = score_batch(batch, torch.zeros_like(batch.behaviour_logp), torch.tensor([-1, 0]), lam=0.0, alpha=0.0,
+                           teacher_version=0, opts=ScoringOptions(step_filter=so.step_filter)).shape_mask
+        row["steps"] = step_tokens(batch, 1, tok, mask)
         for c, scorer in scorers.items():
+            t1 = time.perf_counter()
             t_logp = scorer.teacher_logp(batch, torch.tensor([-1, 0]))
-            row["by_context"][c] = diagnose_case(batch, t_logp, err, step_filter=so.step_filter,
-                                                 adv_estimator=cfg.learner.adv_estimator, lam=so.lambda_mix,
-                                                 alpha=so.alpha_clip, extra_knobs=extra_knobs)
+            t2 = time.perf_counter()
+            contrast = None
+            if "contrast" in reductions:
+                contrast, n = scorer.step_contrast(batch, torch.tensor([-1, 0]), t_logp)
+                cost[c]["contrast_sequences"] += n
+            cost[c]["teacher_s"] += t2 - t1
+            cost[c]["contrast_s"] += time.perf_counter() - t2
+            fig = diagnose_case(batch, t_logp, err, step_filter=so.step_filter,
+                                adv_estimator=cfg.learner.adv_estimator, lam=so.lambda_mix,
+                                alpha=so.alpha_clip, extra_knobs=extra_knobs, reductions=reductions,
+                                contrast=contrast, first_mask=first)
+            fig["teacher"] = {kk: [round(float(t_logp[1, t]), 5) for t in row["steps"][kk]["pos"]]
+                              for kk in row["steps"]}
+            row["by_context"][c] = fig
         rows.append(row)
     report = {"data": str(data), "model": model_path, "lam": so.lambda_mix, "alpha": so.alpha_clip,
               "step_filter": so.step_filter, "skipped": len(cf.problems) + len(cf.cases) - len(rows),
-              "cases": rows, "summary": {c: summarize(rows, c) for c in contexts}}
+              "reductions": list(reductions), "cost": cost, "seconds": time.perf_counter() - t0,
+              "cases": rows}
+    report["summary"] = {c: summarize(rows, c, reductions[0]) for c in contexts}
+    report["summary_by_reduce"] = {c: {r: summarize(rows, c, r) for r in reductions} for c in contexts}
     return report
 
 
-TIE_NATS = 1e-3  # step means closer than this to the lowest are a tie (numerical noise: padding, batching)
+TIE_NATS = 1e-3  # step scores closer than this to the lowest are a tie (numerical noise: padding, batching)
 
 
 def is_hit(step_delta: dict[int, float], lowest: int, error_step: int | None) -> bool:
-    """The case is localised: the labelled step has the lowest mean delta, and no other step is within
-    TIE_NATS of it (the `none` control's delta is 0 up to float noise: a tie localises nothing)."""
+    """The case is localised: the labelled step has the lowest score, and no other step is within TIE_NATS of
+    it (the `none` control's delta is 0 up to float noise: a tie localises nothing)."""
     if error_step is None or lowest != error_step or lowest not in step_delta:
         return False
     return all(v - step_delta[lowest] > TIE_NATS for k, v in step_delta.items() if k != lowest)
@@ -241,12 +346,21 @@ def knob_label(lam: float, alpha: float) -> str:
     return f"λ={lam:g} α={alpha:g}"
 
 
-def summarize(rows: list[dict[str, Any]], context: str) -> dict[str, Any]:
+def _fig(row: dict[str, Any], context: str, reduce: str | None) -> dict[str, Any]:
+    """The figures of one case under one context and reduction (a report saved before reductions has only the
+    mean's, at the top level)."""
+    f = row["by_context"][context]
+    return f["by_reduce"][reduce] | {"n_steps": f["n_steps"], "token_share": f["token_share"]} \
+        if reduce and "by_reduce" in f else f
+
+
+def summarize(rows: list[dict[str, Any]], context: str, reduce: str | None = None) -> dict[str, Any]:
     """Top-1 hits vs random, and mean credit / token shares, overall and per task type (labelled cases)."""
     def agg(rs: list[dict[str, Any]]) -> dict[str, Any]:
-        figs = [r["by_context"][context] for r in rs]
+        figs = [_fig(r, context, reduce) for r in rs]
         return {"cases": len(rs), "top1": sum(f["hit"] for f in figs),
                 "random": sum(1.0 / f["n_steps"] for f in figs if f["n_steps"]),
+                "first_diff": sum(r.get("first_diff_step") == r["error_step"] for r in rs),
                 "credit_share": {b: statistics.mean(f["credit_share"][b] for f in figs) if figs else 0.0
                                  for b in BUDGETS},
                 "credit_share_at": {k: {b: statistics.mean(f["credit_share_at"][k][b] for f in figs) for b in BUDGETS}
@@ -260,27 +374,50 @@ def summarize(rows: list[dict[str, Any]], context: str) -> dict[str, Any]:
             "by_kind": {k: agg([r for r in labelled if (r.get("error_kind") or "?") == k]) for k in kinds}}
 
 
+def _table(lines: list[str], s: dict[str, Any]) -> None:
+    lines.append(f"   {'task type':<34} {'cases':>5} {'top-1':>6} {'random':>7}  "
+                 + " ".join(f"{b:>15}" for b in BUDGETS) + f" {'token share':>12}")
+    by_kind = [(f"error kind: {k}", a) for k, a in s.get("by_kind", {}).items()] if len(s.get("by_kind", {})) > 1 else []
+    for t, a in [*s["by_type"].items(), *by_kind, ("all", s["all"])]:
+        lines.append(f"   {t:<34} {a['cases']:>5} {a['top1']:>6} {a['random']:>7.2f}  "
+                     + " ".join(f"{a['credit_share'][b]:>15.4f}" for b in BUDGETS) + f" {a['token_share']:>12.4f}")
+    for k, shares in s["all"]["credit_share_at"].items():
+        lines.append(f"   credit share on error step at {k}: " + " ".join(f"{b}={shares[b]:.4f}" for b in BUDGETS)
+                     + f" (token share {s['all']['token_share']:.4f})")
+
+
 def render(report: dict[str, Any], final_context: str) -> list[str]:
-    """The printed report; its last two lines are the issue's exact lines for `final_context`."""
-    lines = [f"λ {report['lam']}  α {report['alpha']}  step filter {report['step_filter']}  model {report['model']}"]
+    """The printed report: per case the step scores of the first reduction and every reduction's lowest step;
+    per context one table per reduction; the last two lines are the issue's exact lines for `final_context`
+    and the first reduction."""
+    reds = report.get("reductions", ["mean"])
+    lines = [f"λ {report['lam']}  α {report['alpha']}  step filter {report['step_filter']}  model {report['model']}"
+             f"  reductions {','.join(reds)}"]
     for row in report["cases"]:
         parts = []
-        for c, f in row["by_context"].items():
+        for c in row["by_context"]:
+            f = _fig(row, c, reds[0])
             deltas = " ".join(f"{k}:{v:+.2f}" for k, v in f["step_delta"].items())
-            parts.append(f"{c}: lowest {f['lowest_step']}{' ✓' if f['hit'] else ''} [{deltas}]")
+            lows = " ".join(f"{r} {_fig(row, c, r)['lowest_step']}{'✓' if _fig(row, c, r)['hit'] else ''}"
+                            for r in reds[1:])
+            parts.append(f"{c}: lowest {f['lowest_step']}{' ✓' if f['hit'] else ''} [{deltas}]"
+                         + (f" ({lows})" if lows else ""))
         lines.append(f"case line {row['line']:>3} | {row['task_type']:<32} | error step {row['error_step']} | "
                      + " | ".join(parts))
-    for c, s in report["summary"].items():
-        lines.append(f"-- hindsight context '{c}'")
-        lines.append(f"   {'task type':<34} {'cases':>5} {'top-1':>6} {'random':>7}  "
-                     + " ".join(f"{b:>15}" for b in BUDGETS) + f" {'token share':>12}")
-        by_kind = [(f"error kind: {k}", a) for k, a in s.get("by_kind", {}).items()] if len(s.get("by_kind", {})) > 1 else []
-        for t, a in [*s["by_type"].items(), *by_kind, ("all", s["all"])]:
-            lines.append(f"   {t:<34} {a['cases']:>5} {a['top1']:>6} {a['random']:>7.2f}  "
-                         + " ".join(f"{a['credit_share'][b]:>15.4f}" for b in BUDGETS) + f" {a['token_share']:>12.4f}")
-        for k, shares in s["all"]["credit_share_at"].items():
-            lines.append(f"   credit share on error step at {k}: " + " ".join(f"{b}={shares[b]:.4f}" for b in BUDGETS)
-                         + f" (token share {s['all']['token_share']:.4f})")
+    by_reduce = report.get("summary_by_reduce") or {c: {reds[0]: s} for c, s in report["summary"].items()}
+    for c, per in by_reduce.items():
+        for r, s in per.items():
+            lines.append(f"-- hindsight context '{c}', step score '{r}'")
+            _table(lines, s)
+        if len(per) > 1:
+            lines.append(f"   top-1 by step score ('{c}'): " + "  ".join(
+                f"{r} {s['all']['top1']}/{s['all']['cases']}" for r, s in per.items())
+                + f"  (random {next(iter(per.values()))['all']['random']:.2f}; first differing action "
+                f"{next(iter(per.values()))['all'].get('first_diff', 0)})")
+        cost = report.get("cost", {}).get(c)
+        if cost and cost.get("contrast_sequences"):
+            lines.append(f"   contrast cost ('{c}'): {cost['contrast_sequences']} extra scored sequences, "
+                         f"{cost['contrast_s']:.1f}s (teacher pass {cost['teacher_s']:.1f}s)")
     a = report["summary"][final_context]["all"]
     lines.append(f"hindsight context {final_context}: skipped {report['skipped']} case(s)")
     lines.append("credit share on error step: " + " ".join(f"{b}={a['credit_share'][b]:.4f}" for b in BUDGETS)
@@ -291,33 +428,57 @@ def render(report: dict[str, Any], final_context: str) -> list[str]:
 
 def markdown(report: dict[str, Any], title: str) -> str:
     """The summary tables of a report as markdown (docs/results)."""
+    reds = report.get("reductions", ["mean"])
     out = [f"## {title}", "", f"Model `{report['model']}`, step filter `{report['step_filter']}`, "
-           f"{len(report['cases'])} cases ({report['skipped']} skipped). Top-1: the lowest-mean-Δ step is the "
+           f"{len(report['cases'])} cases ({report['skipped']} skipped). Top-1: the step with the lowest score is the "
            "labelled error step (ties within 1e-3 nats count as misses); random: the expected count for a uniformly "
-           "random step. Credit share: the failed trajectory's |Â| on the error step, beside that step's token "
-           "share (= the share under uniform GRPO credit).", ""]
-    for c, s in report["summary"].items():
+           "random step. Step scores: the mean / sum / min of Δ over the step's shaped tokens, `first`: Δ of the "
+           "action's first token after its tag, `contrast`: log p_T(own action) − log p_T(the reference's action at "
+           "the same step), both in the diagnosed trajectory's context. Credit share: the failed trajectory's |Â| "
+           "on the error step (only `step_level` depends on the step score), beside that step's token share (= the "
+           "share under uniform GRPO credit).", ""]
+    by_reduce = report.get("summary_by_reduce") or {c: {reds[0]: s} for c, s in report["summary"].items()}
+    for c, per in by_reduce.items():
+        first = next(iter(per.values()))
+        knobs = list(first["all"]["credit_share_at"])
         out += [f"### hindsight context `{c}`", "",
-                "| subset | n | top-1 | random | " + " | ".join(f"{b} @{k}" for k in s["all"]["credit_share_at"]
-                                                            for b in BUDGETS) + " | token share |",
-                "|---|---|---|---|" + "---|" * (len(BUDGETS) * len(s["all"]["credit_share_at"])) + "---|"]
-        by_kind = [(f"error kind: {k}", a) for k, a in s.get("by_kind", {}).items()] if len(s.get("by_kind", {})) > 1 else []
-        for t, a in [*s["by_type"].items(), *by_kind, ("**all**", s["all"])]:
-            out.append(f"| {t} | {a['cases']} | {a['top1']} | {a['random']:.2f} | "
-                       + " | ".join(f"{a['credit_share_at'][k][b]:.4f}" for k in a["credit_share_at"] for b in BUDGETS)
+                "| step score | n | top-1 | random | " + " | ".join(f"step_level @{k}" for k in knobs) + " | token share |",
+                "|---|---|---|---|" + "---|" * len(knobs) + "---|"]
+        for r, s in per.items():
+            a = s["all"]
+            out.append(f"| `{r}` | {a['cases']} | {a['top1']} | {a['random']:.2f} | "
+                       + " | ".join(f"{a['credit_share_at'][k]['step_level']:.4f}" for k in knobs)
                        + f" | {a['token_share']:.4f} |")
+        out.append(f"| first differing action (control: the cases' construction) | {first['all']['cases']} | "
+                   f"{first['all'].get('first_diff', 0)} | | " + " | ".join("" for _ in knobs) + " | |")
         out.append("")
+        for r, s in per.items():
+            out += [f"Step score `{r}`, per subset:", "",
+                    "| subset | n | top-1 | random | " + " | ".join(f"{b} @{k}" for k in knobs for b in BUDGETS)
+                    + " | token share |",
+                    "|---|---|---|---|" + "---|" * (len(BUDGETS) * len(knobs)) + "---|"]
+            by_kind = [(f"error kind: {k}", a) for k, a in s.get("by_kind", {}).items()] if len(s.get("by_kind", {})) > 1 else []
+            for t, a in [*s["by_type"].items(), *by_kind, ("**all**", s["all"])]:
+                out.append(f"| {t} | {a['cases']} | {a['top1']} | {a['random']:.2f} | "
+                           + " | ".join(f"{a['credit_share_at'][k][b]:.4f}" for k in knobs for b in BUDGETS)
+                           + f" | {a['token_share']:.4f} |")
+            out.append("")
     return "\n".join(out)
 
 
 def rescore(report: dict[str, Any]) -> dict[str, Any]:
     """Recompute hits and summaries of a saved report (JSON turns step keys into strings) with this module's
     rules; the teacher/student figures are kept as they are."""
+    reds = report.get("reductions", ["mean"])
     for row in report["cases"]:
         for f in row["by_context"].values():
-            f["step_delta"] = {int(k): v for k, v in f["step_delta"].items()}
-            f["hit"] = is_hit(f["step_delta"], f["lowest_step"], row["error_step"])
-    report["summary"] = {c: summarize(report["cases"], c) for c in report["summary"]}
+            for g in [f, *f.get("by_reduce", {}).values()]:
+                g["step_delta"] = {int(k): v for k, v in g["step_delta"].items()}
+                g["hit"] = is_hit(g["step_delta"], g["lowest_step"], row["error_step"])
+    report["summary"] = {c: summarize(report["cases"], c, reds[0]) for c in report["summary"]}
+    if "summary_by_reduce" in report:
+        report["summary_by_reduce"] = {c: {r: summarize(report["cases"], c, r) for r in reds}
+                                       for c in report["summary_by_reduce"]}
     return report
 
 
@@ -330,6 +491,12 @@ def run_localize(args: argparse.Namespace) -> int:
     for c in contexts:
         if c not in CONTEXTS:
             raise ConfigError(f"--contexts: unknown builder {c!r}; known: {', '.join(CONTEXTS)}")
+    reductions = tuple(dict.fromkeys(r.strip() for r in args.reduce.split(",") if r.strip()))
+    for r in reductions:
+        if r not in REDUCTIONS:
+            raise ConfigError(f"--reduce: unknown step score {r!r}; known: {', '.join(REDUCTIONS)}")
+    if not reductions:
+        raise ConfigError(f"--reduce: name at least one of {', '.join(REDUCTIONS)}")
     final = cfg.stepopsd.hindsight_context if cfg.stepopsd.hindsight_context in contexts else contexts[0]
     model = args.model or policy_model_path(cfg)
     try:
@@ -339,7 +506,7 @@ def run_localize(args: argparse.Namespace) -> int:
     if not Path(args.data).is_file():
         raise ConfigError(f"--data {args.data}: cases file not found")
     try:
-        report = localize(cfg, Path(args.data), model, contexts, extra_knobs=knobs)
+        report = localize(cfg, Path(args.data), model, contexts, extra_knobs=knobs, reductions=reductions)
     except ValueError as e:  # no usable case, or an env kind without the diagnosis hooks
         raise ConfigError(str(e)) from None
     if args.out:

@@ -91,12 +91,34 @@ def test_localize_alfworld_prints_the_lines(alfworld_cases, capsys):
     rc = main(["diagnose", "localize", "--config", "deploy/configs/experiment_smollm2_cpu.yaml",
                "--data", str(out / "cases.jsonl"), "--out", str(out / "report.json"),
                "--set", "sft.enabled=false", "--set", "model.path=builtin:tiny-qwen2",
-               "--set", f"model.cache_dir={cfg.model.cache_dir}"])
+               "--set", f"model.cache_dir={cfg.model.cache_dir}", "--reduce", "mean,sum,min,first,contrast"])
     lines = capsys.readouterr().out.strip().splitlines()
     assert rc == 0
     assert CREDIT.match(lines[-2]), lines[-2]
     assert LAST.match(lines[-1]), lines[-1]
+    for r in ("mean", "sum", "min", "first", "contrast"):  # one table per context and step score
+        assert sum(x == f"-- hindsight context 'actions', step score '{r}'" for x in lines) == 1
+    assert any(x.startswith("   contrast cost ('actions'): ") for x in lines)
     rep = json.loads((out / "report.json").read_text())
+    assert rep["reductions"] == ["mean", "sum", "min", "first", "contrast"]
+    for row in rep["cases"]:
+        k = row["error_step"]
+        assert row["first_diff_step"] == k
+        steps = row["steps"]  # per-token record: any reduction can be recomputed offline
+        f = row["by_context"]["actions"]
+        for s, d in steps.items():
+            assert len(d["tokens"]) == len(d["roles"]) == len(d["shaped"]) == len(f["delta"][s]) == len(f["teacher"][s])
+            shaped = [x for x, on in zip(f["delta"][s], d["shaped"]) if on]
+            if shaped:
+                assert f["by_reduce"]["sum"]["step_delta"][s] == pytest.approx(sum(shaped), abs=1e-3)
+                assert f["by_reduce"]["min"]["step_delta"][s] == pytest.approx(min(shaped), abs=1e-4)
+                assert f["by_reduce"]["mean"]["step_delta"][s] == pytest.approx(sum(shaped) / len(shaped), abs=1e-4)
+        # the case changes one action: every other step's actions are the same tokens, contrast exactly 0
+        first = f["by_reduce"]["first"]["step_delta"]  # Δ of each action's first token after its tag
+        assert any(v != 0.0 for v in first.values())
+        con = f["by_reduce"]["contrast"]["step_delta"]
+        assert all(v == 0.0 for s, v in con.items() if int(s) != k) and con[str(k)] != 0.0
+    assert rep["cost"]["actions"]["contrast_sequences"] == len(rep["cases"])
     assert set(rep["summary"]) == {"actions", "trajectory", "none"} and len(rep["cases"]) == 2
     for row in rep["cases"]:
         none = row["by_context"]["none"]

@@ -95,6 +95,14 @@ def test_resume_equals_straight(tmp_path):
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
 
 
+def test_contrast_step_score_trains(tmp_path):
+    """stepopsd.step_score contrast through the driver: the teacher scores the sibling actions, the run logs it."""
+    cfg = _cfg(tmp_path, "contrast", "run.steps=1", "stepopsd.step_score=contrast", "stepopsd.credit_budget=step_level",
+               "rollout.tasks_per_step=3")
+    rows = [json.loads(x) for x in (Trainer(cfg).run() / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["shaped_tokens"] > 0 and rows[0]["contrast_sequences"] > 0
+
+
 def test_lambda_zero_is_grpo_and_skips_teacher(tmp_path):
     cfg = _cfg(tmp_path, "grpo", "run.steps=1", "stepopsd.lambda_mix=0")
     rows = [json.loads(x) for x in (Trainer(cfg).run() / "metrics.jsonl").read_text().splitlines()]
