@@ -1,4 +1,4 @@
-# The README's two commands: `make run` (install + embedded default CPU training job) and `make test`.
+# The README's two commands: `make run` (install + the default CPU training job as a local Ray service) and `make test`.
 # Both create/reuse .venv and are idempotent: the install step re-runs only when pyproject/constraints change.
 SHELL := /bin/bash
 PYTHON ?= python3.11

@@ -1,8 +1,9 @@
 """Hindsight context builders (`stepopsd.hindsight_context`): the teacher's first user message for a
 trajectory, given the env's text protocol and the successful sibling chosen as its hindsight source.
 
-- `actions` (default, DESIGN.md section 1.4): the student's own first message with the env's hindsight block
-  built from the sibling's action list (ALFWorld: its actions; Search-QA: its queries and final answer).
+- `actions` (default; docs/design.md, "The method", step 4): the student's own first message with the env's
+  hindsight block built from the sibling's action list (ALFWorld: its actions; Search-QA: its queries and
+  final answer).
 - `trajectory`: the block lists the sibling's turns *with the observations they got* (each cut to
   `OBS_CHARS` characters, so a Search-QA block stays well inside the teacher's context).
 - `none`: control -- the student's own first message, so delta measures only the teacher snapshot's drift

@@ -6,15 +6,23 @@ Plain class; Ray wraps it where the fleet is built (services/wiring.py), like th
 from __future__ import annotations
 
 import time
-from typing import Any
+from dataclasses import replace
+from typing import Any, Protocol, cast
 
 import torch
 
 from actors.config import LearnerConfig, ModelConfig
-from actors.member import Member, WeightsPacket, seed_all
+from actors.member import WeightsPacket, WorkerBase, seed_all
+from learner.batch import ScoredBatch, UpdateStats
 
 
-class LearnerWorker(Member):
+class _LoraModel(Protocol):
+    """What the learner uses of peft's PeftModel (actors/models.apply_lora)."""
+
+    def merge_and_unload(self) -> torch.nn.Module: ...
+
+
+class LearnerWorker(WorkerBase):
     """The torch model + AdamW; PPO updates on scored batches; publishes versioned weights.
 
     In a group of W (`learner.num_workers`) every rank holds a replica; after `join` the update is data
@@ -81,11 +89,11 @@ class LearnerWorker(Member):
                                            lambda ts: self.collective.all_reduce_(ts, LEARNER_GROUP))
         return rank
 
-    def update(self, scored: Any) -> dict[str, float]:
+    def update(self, scored: ScoredBatch) -> UpdateStats:
+        """One PPO step on `scored` (learner/learner.py), its stats with the wall time it took."""
         t0 = time.perf_counter()
         stats = self.learner.update(scored)
-        stats["update_seconds"] = time.perf_counter() - t0
-        return stats
+        return replace(stats, update_seconds=time.perf_counter() - t0)
 
     def _merged_state(self) -> dict[str, torch.Tensor]:
         """CPU state dict in the engines' dtype (LoRA merged into the base weights)."""
@@ -93,7 +101,7 @@ class LearnerWorker(Member):
         if self.lora:
             import copy
 
-            merged = copy.deepcopy(model).merge_and_unload()
+            merged = cast(_LoraModel, copy.deepcopy(model)).merge_and_unload()  # peft's model (apply_lora)
             return {k: (v.detach().to(self.dtype) if v.is_floating_point() else v.detach()).to("cpu", copy=True)
                     for k, v in merged.state_dict().items()}
         return self.learner.get_weights(self.dtype)
@@ -106,19 +114,24 @@ class LearnerWorker(Member):
             return probe_logprobs(self.learner.model, self.probe)
         return published_probe(self.learner.model, sd, self.probe)
 
-    def publish(self) -> WeightsPacket:
+    def _published_weights(self) -> tuple[dict[str, torch.Tensor], list[float]]:
+        """The weights to publish (engines' dtype, CPU) and the probe's log-probs under exactly them."""
         self.learner.model.eval()
         sd = self._merged_state()
-        return WeightsPacket(version=self.learner.version, state_dict=sd, probe_logp=self._probe(sd))
+        return sd, self._probe(sd)
+
+    def publish(self) -> WeightsPacket:
+        sd, probe = self._published_weights()
+        return WeightsPacket(version=self.learner.version, state_dict=sd, probe_logp=probe)
 
     def publish_meta(self) -> Any:
         """Collective sync, step 1: compute the weights to publish (kept for `broadcast_weights`) and return
         only their description + probe (small; the driver hands it to the receivers)."""
         from actors.collective import meta_of
 
-        packet = self.publish()
-        meta = meta_of(packet.state_dict, packet.version, packet.probe_logp)
-        self._published = (packet.state_dict, meta)
+        sd, probe = self._published_weights()
+        meta = meta_of(sd, self.learner.version, probe)
+        self._published = (sd, meta)
         return meta
 
     def broadcast_weights(self, group: str) -> dict[str, Any]:

@@ -1,5 +1,5 @@
-"""What every worker answers besides its own job: its process (for the driver's fleet listing) and its
-membership of the run's torch.distributed world (actors/collective.py); the `WeightsPacket` the learner
+"""`WorkerBase`, what every worker answers besides its own job: its process (for the driver's fleet listing)
+and its rank in the run's torch.distributed world (actors/collective.py); the `WeightsPacket` the learner
 publishes to the rollout workers and teachers; `seed_all`."""
 
 from __future__ import annotations
@@ -29,9 +29,12 @@ def describe_process() -> dict[str, Any]:
     return info
 
 
-class Member:
-    """What every worker answers: its process (for the driver's fleet listing) and, for the rollout workers,
-    teachers and learners, its membership of the run's torch.distributed world (actors/collective.py)."""
+class WorkerBase:
+    """The base class of every worker (EnvPoolWorker, RolloutWorker, TeacherWorker, LearnerWorker): what each
+    answers besides its own job -- its process (`getpid`, `describe`: the driver's fleet listing) and `join`,
+    which makes it a rank of the run's torch.distributed world (actors/collective.py). The driver calls
+    `join` on the learners, and with `pipeline.weight_sync: collective` on the rollout workers and teachers
+    too (services/wiring.join_world); env pools never join."""
 
     collective: Any = None
 
@@ -42,7 +45,7 @@ class Member:
         return describe_process()
 
     def join(self, spec: Any, rank: int) -> int:
-        """Join the run's process groups as global `rank` (all members are called concurrently)."""
+        """Join the run's process groups as global `rank` (all joining workers are called concurrently)."""
         from actors.collective import Collective
 
         self.collective = Collective(spec, rank, getattr(self, "device", "cpu"))

@@ -188,7 +188,8 @@ def convert_smollm2_gguf(out_dir: Path, gguf_file: Path | None = None) -> Path:
     if unexpected or [k for k in missing if k != "lm_head.weight"]:
         raise RuntimeError(f"GGUF → Llama weight mismatch: missing={missing} unexpected={unexpected}")
     fresh.tie_weights()
-    fresh.to(torch.bfloat16).save_pretrained(out_dir, safe_serialization=True)
+    # transformers types PreTrainedModel.to through a decorator whose stub takes the model, not a dtype
+    fresh.to(torch.bfloat16).save_pretrained(out_dir, safe_serialization=True)  # type: ignore[arg-type]
     del quant
 
     tok = AutoTokenizer.from_pretrained(src_dir, gguf_file=name)
@@ -283,6 +284,8 @@ def build_tiny_qwen2(out_dir: Path, *, seed: int = 0, vocab_size: int = 4096) ->
     tok.save_pretrained(out_dir)
 
     vocab = bpe.get_vocab_size()
+    bos = tok.convert_tokens_to_ids("<|endoftext|>")  # one token -> one id
+    assert isinstance(bos, int)
     config = Qwen2Config(
         vocab_size=vocab,
         hidden_size=256,
@@ -291,9 +294,10 @@ def build_tiny_qwen2(out_dir: Path, *, seed: int = 0, vocab_size: int = 4096) ->
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=4096,
-        rope_theta=10000.0,
+        # transformers 5's stub lacks the legacy kwarg; 4.x and 5.x both take it (5.x: into rope_parameters)
+        rope_theta=10000.0,  # type: ignore[call-arg]
         tie_word_embeddings=True,
-        bos_token_id=tok.convert_tokens_to_ids("<|endoftext|>"),
+        bos_token_id=bos,
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
         dtype="float32",

@@ -18,19 +18,28 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 
 import torch
 
 from actors.chat import chat_pieces, observation_text, prompt_text, roles_for_tokens
 from envs.pool import EnvPoolLike
 from learner import roles
-from learner.batch import TrajectoryBatch
+from learner.batch import RolloutStats, TrajectoryBatch
 
 
 def row_seed(batch_seed: int, turn: int, row: int) -> int:
     """The sampling seed of global row `row` at `turn` of the batch seeded `batch_seed` (63-bit)."""
     return ((batch_seed * 1_000_003 + turn) * 1_000_033 + row) % (2**63 - 1)
+
+
+class SamplingArgs(TypedDict):
+    """The sampling keywords of every `engine.generate` call of a rollout."""
+
+    max_new_tokens: int
+    temperature: float
+    top_p: float
+    stop: list[str]
 
 
 @dataclass
@@ -69,8 +78,9 @@ class MultiTurnRollout:
         self.tok = engine.tokenizer
         self.pieces = chat_pieces(self.tok)
         self.max_turns, self.max_context = max_turns, max_context
-        self.sampling = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, stop=list(stop))
-        self.last_stats: dict[str, float] = {}
+        self.sampling = SamplingArgs(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                                     stop=list(stop))
+        self.last_stats = RolloutStats()  # of the last `run`
         self.on_turn: Callable[[int, int], None] | None = None  # (turns done, episodes finished): progress
 
     def encode(self, text: str) -> list[int]:
@@ -151,12 +161,12 @@ class MultiTurnRollout:
         batch = self._to_batch(eps, policy_version)
         n_tok = sum(e.gen_tokens for e in eps)
         wall = time.perf_counter() - t0
-        self.last_stats = {
-            "rollout_seconds": wall, "generate_seconds": gen_time, "env_seconds": env_time,
-            "generated_tokens": float(n_tok), "tokens_per_s": n_tok / max(gen_time, 1e-9),
-            "context_truncated": float(sum(e.context_truncated for e in eps)),
-            "env_errors": float(sum(e.env_error for e in eps)),
-        }
+        self.last_stats = RolloutStats(
+            rollout_seconds=wall, generate_seconds=gen_time, env_seconds=env_time,
+            generated_tokens=float(n_tok), tokens_per_s=RolloutStats.rate(n_tok, gen_time),
+            context_truncated=float(sum(e.context_truncated for e in eps)),
+            env_errors=float(sum(e.env_error for e in eps)),
+        )
         return batch
 
     def _to_batch(self, eps: list[_Episode], policy_version: int) -> TrajectoryBatch:

@@ -59,9 +59,3 @@ class ShardedPool:
 
     def parse(self, text: str) -> Any:
         return self.protocol.parse(text)
-
-    def hindsight_block(self, actions: list[str]) -> str:
-        return self.protocol.hindsight_block(actions)
-
-    def teacher_user_message(self, first: str, block: str) -> str:
-        return self.protocol.teacher_user_message(first, block)

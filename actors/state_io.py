@@ -15,9 +15,12 @@ from typing import Any
 
 import torch
 
-from learner.batch import ScoredBatch, ScoreStats, TrajectoryBatch
+from learner.batch import RolloutStats, ScoredBatch, ScoreStats, TrajectoryBatch, UpdateStats
 
-ALLOWED: dict[str, type] = {c.__name__: c for c in (TrajectoryBatch, ScoredBatch, ScoreStats)}
+ALLOWED: dict[str, type] = {c.__name__: c for c in (TrajectoryBatch, ScoredBatch, ScoreStats, RolloutStats,
+                                                     UpdateStats)}
+# (class name, old field name) -> new name: fields renamed since a checkpoint may have been written
+RENAMED: dict[tuple[str, str], str] = {("ScoreStats", "clip_frac"): "w_clip_frac"}
 
 
 class StateFormatError(ValueError):
@@ -70,7 +73,8 @@ def unpack(tensors: dict[str, torch.Tensor], skeleton: Any) -> Any:
             cls = ALLOWED.get(x["__dataclass__"])
             if cls is None:
                 raise StateFormatError(f"unknown type {x['__dataclass__']!r} (allowed: {sorted(ALLOWED)})")
-            return cls(**{k: walk(v) for k, v in x["fields"].items()})
+            name = x["__dataclass__"]
+            return cls(**{RENAMED.get((name, k), k): walk(v) for k, v in x["fields"].items()})
         if "__map__" in x:
             return {k: walk(v) for k, v in x["__map__"].items()}
         if "__items__" in x:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,15 +20,17 @@ import torch
 from actors.config import ModelConfig, RolloutConfig
 from actors.handle import Handle, returns
 from actors.learner_worker import LearnerWorker
-from actors.member import Member, WeightsPacket
+from actors.member import WeightsPacket, WorkerBase
+from actors.ray_actors import is_actor_death
 from actors.sharded_pool import ShardedPool
 from envs.base import EnvSpec
+from learner.batch import RolloutStats, TrajectoryBatch
 from learner.scoring import ScoringOptions
 
 __all__ = ["EnvPoolWorker", "LearnerWorker", "RolloutWorker", "TeacherWorker", "WeightsPacket", "engine_options"]
 
 
-class EnvPoolWorker(Member):
+class EnvPoolWorker(WorkerBase):
     """Many envs of one kind in one process; wraps the env kind's pool (envs/registry.py)."""
 
     def __init__(self, spec: EnvSpec, num_envs: int, worker_index: int = 0) -> None:
@@ -59,7 +62,7 @@ def engine_options(model: ModelConfig, rollout: RolloutConfig) -> dict[str, Any]
     return rollout.vllm.model_dump()
 
 
-class RolloutWorker(Member):
+class RolloutWorker(WorkerBase):
     """Owns the rollout engine; drives episodes on its env shards; loads verified weights. In a fleet of N,
     each runs its share of a batch's GRPO groups (`group_base`): seeds and group ids are global, so the
     shares concatenate to what one worker would produce."""
@@ -90,7 +93,7 @@ class RolloutWorker(Member):
         return self.pool.task_ids()
 
     @returns(2)
-    def run(self, task_ids: list[str], batch_index: int, group_base: int = 0) -> tuple[Any, dict[str, float]]:
+    def run(self, task_ids: list[str], batch_index: int, group_base: int = 0) -> tuple[TrajectoryBatch, RolloutStats]:
         """(TrajectoryBatch, rollout stats) of batch `batch_index` (seeded by it, so a re-run reproduces it);
         `task_ids` are this worker's groups, the first being group `group_base` of the batch. Env shards that die mid-rollout (Ray restarts them) make the whole batch re-run: every episode is
         accounted for."""
@@ -101,11 +104,9 @@ class RolloutWorker(Member):
                 torch.manual_seed(seed)
                 batch = self.rollout.run(task_ids, self.group_size, seed=seed,
                                          policy_version=self.version, group_base=group_base)
-                stats = dict(self.rollout.last_stats)
-                stats["env_restarts"] = float(attempts)
-                return batch, stats
+                return batch, replace(self.rollout.last_stats, env_restarts=float(attempts))
             except Exception as e:  # noqa: BLE001 -- only actor deaths are retried
-                if not _is_actor_death(e) or attempts >= 5:
+                if not is_actor_death(e) or attempts >= 5:
                     raise
                 attempts += 1
                 self.restarts_seen += 1
@@ -154,15 +155,7 @@ def engine_device(model: ModelConfig, engine: str) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _is_actor_death(e: BaseException) -> bool:
-    try:
-        from ray.exceptions import RayActorError
-    except ImportError:  # pragma: no cover
-        return False
-    return isinstance(e, RayActorError)
-
-
-class TeacherWorker(Member):
+class TeacherWorker(WorkerBase):
     """Holds the hindsight teacher (an HF or vLLM engine -- `stepopsd.teacher_engine` -- with snapshot weights;
     vLLM scores with prompt_logprobs) and runs the scoring stage: teacher
     log-probs for the rows that have a hindsight source, composed by `learner.scoring.score_batch`.

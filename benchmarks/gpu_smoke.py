@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         tasks = [f"t{k}" for k in range(args.tasks)]
         t = time.perf_counter()
         traj = ro.run(tasks, args.group, seed=step, policy_version=step)
-        roll_s, roll_tok = time.perf_counter() - t, ro.last_stats["generated_tokens"]
+        roll_s, roll_tok = time.perf_counter() - t, ro.last_stats.generated_tokens
         src = hindsight_sources(traj)
         t = time.perf_counter()
         t_logp = scorer.teacher_logp(traj, src) if needs_teacher(src, opts) else None
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"step {step + 1}: success {float(traj.success.float().mean()):.2f} | rollout {roll_tok / roll_s:,.0f} tok/s "
               f"| teacher {t_tok / max(t_s, 1e-9):,.0f} tok/s ({int((src >= 0).sum())} rows) | learner "
               f"{l_tok / l_s:,.0f} tok/s" + (f", MFU {mfu:.1%}" if mfu is not None else "")
-              + f" | loss {upd['loss']:+.4f} | weight sync {sync_s:.2f}s, probe max|Δ| {info['max_abs_diff']:.1e} "
+              + f" | loss {upd.loss:+.4f} | weight sync {sync_s:.2f}s, probe max|Δ| {info['max_abs_diff']:.1e} "
               f"| shaped tokens {int(scored.stats.shaped_tokens)}, Std(Δ) {scored.stats.delta_std:.3f}")
         for k, v in zip(tot, (roll_tok, roll_s, t_tok, t_s, l_tok, l_s, sync_s)):
             tot[k] += v

@@ -10,7 +10,9 @@ it with `parse()` and answers unparseable turns with a corrective observation (c
 `info["invalid"]`), never an exception. `info` always carries `task_id`, `task_type`, `won` (bool),
 `invalid` (bool, for step) and `action` (parsed action text or "").
 
-Each env kind also provides pure functions the teacher stage uses (DESIGN.md section 1.4):
+The env kind's text protocol -- `system_prompt`, `parse` and the two pure functions the teacher stage uses
+(docs/design.md, "The method", step 4) -- is one `TextProtocol`, returned by the adapter's `protocol(spec)`
+(`envs/registry.protocol_for`); rollout and teacher actors read it without owning an env:
     hindsight_block(actions) -> str            text built from a SUCCESSFUL sibling's parsed actions
     teacher_user_message(first_user_message, block) -> str   the student's first message plus the block
 """
@@ -46,7 +48,8 @@ class ParsedTurn:
 @dataclass(frozen=True)
 class TextProtocol:
     """An env kind's pure text functions (no env, no engine, no service): what the rollout and teacher
-    actors need. Env adapters build one from their protocol module's functions."""
+    actors need -- the one text-protocol contract. Env adapters build one from their protocol module's
+    functions (`protocol(spec)`)."""
 
     system_prompt: str
     parse: Callable[[str], ParsedTurn]
@@ -68,6 +71,10 @@ class EnvSpec:
 
 @runtime_checkable
 class AgentEnv(Protocol):
+    """One env (the module docstring's reset / step contract). `system_prompt` and `parse` are what an
+    in-process pool (`envs/pool.SerialEnvPool`) hands the rollout; the teacher's text functions are the
+    env kind's `TextProtocol`, not the env's."""
+
     system_prompt: str
 
     def reset(self, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]: ...
@@ -77,7 +84,3 @@ class AgentEnv(Protocol):
     def parse(self, turn_text: str) -> ParsedTurn: ...
 
     def task_ids(self) -> list[str]: ...
-
-    def hindsight_block(self, actions: list[str]) -> str: ...
-
-    def teacher_user_message(self, first_user_message: str, block: str) -> str: ...

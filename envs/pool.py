@@ -28,10 +28,6 @@ class EnvPoolLike(Protocol):
 
     def parse(self, turn_text: str) -> ParsedTurn: ...
 
-    def hindsight_block(self, actions: list[str]) -> str: ...
-
-    def teacher_user_message(self, first_user_message: str, block: str) -> str: ...
-
 
 def check_step_args(slots: list[int], turn_texts: list[str]) -> None:
     """A batch step addresses each env at most once, with one turn text per slot."""
@@ -67,9 +63,3 @@ class SerialEnvPool:
 
     def parse(self, turn_text: str) -> ParsedTurn:
         return self.envs[0].parse(turn_text)
-
-    def hindsight_block(self, actions: list[str]) -> str:
-        return self.envs[0].hindsight_block(actions)
-
-    def teacher_user_message(self, first_user_message: str, block: str) -> str:
-        return self.envs[0].teacher_user_message(first_user_message, block)

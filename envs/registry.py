@@ -13,7 +13,7 @@ import importlib
 from types import ModuleType
 from typing import Any
 
-from envs.base import EnvSpec
+from envs.base import EnvSpec, TextProtocol
 
 KINDS = {"alfworld": "envs.alfworld.adapter", "search": "envs.search.adapter", "scripted": "envs.scripted.adapter"}
 SPLITS = ("train", "eval")
@@ -41,7 +41,9 @@ def make_pool(spec: EnvSpec, num_envs: int, split: str = "train") -> Any:
     return adapter(spec).make_pool(spec, num_envs, split=_split(split))
 
 
-def protocol_for(spec: EnvSpec) -> Any:
+def protocol_for(spec: EnvSpec) -> TextProtocol:
+    """The env kind's `TextProtocol` (envs/base.py): what the adapter's `protocol(spec)` returns (a plugin
+    may return any object with the same four attributes)."""
     return adapter(spec).protocol(spec)
 
 

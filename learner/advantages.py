@@ -1,4 +1,4 @@
-"""GRPO group-relative advantages (DESIGN.md section 1.2), registered by name.
+"""GRPO group-relative advantages (docs/design.md, "The method", step 2), registered by name.
 
 A_i = (R_i - mean_g R) / (std_g R + eps) per group, broadcast to every generated token of trajectory i.
 `grpo_no_std` drops the std division (Dr. GRPO style). std is the unbiased sample std, as in the GRPO

@@ -11,6 +11,7 @@ Shape legend: B trajectories, T tokens.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
@@ -143,7 +144,7 @@ class ScoreStats:
     delta_mean: float = 0.0  # mean delta over shaped tokens
     w_mean: float = 1.0  # mean weight over shaped tokens (1 when none)
     w_std: float = 0.0  # std of the weights over shaped tokens
-    clip_frac: float = 0.0  # fraction of shaped tokens whose weight sits at the clip
+    w_clip_frac: float = 0.0  # fraction of shaped tokens whose weight w sits at the clip 1 +- alpha_clip
     adv_var: float = 0.0  # Var(A) over generated tokens
     adv_hat_var: float = 0.0  # Var(A^) over generated tokens
     adv_var_ratio: float = 1.0  # Var(A^) / Var(A) (1 when Var(A) is 0)
@@ -157,6 +158,67 @@ class ScoreStats:
 
     def as_dict(self) -> dict[str, float]:
         return {k: float(v) for k, v in asdict(self).items()}
+
+
+@dataclass
+class UpdateStats:
+    """What one learner step measured (learner/learner.py `Learner.update`; `LearnerWorker.update` adds the
+    wall time). Every value is a mean over the `ppo_epochs` passes. loss and pg_loss are full-batch values
+    (rows skipped for an all-zero A^ add exactly 0); the PPO diagnostics are means over the forwarded generated
+    tokens (aggregation token_mean) or rows (seq_mean)."""
+
+    loss: float = 0.0  # the minimised objective: PPO-clip loss + kl_coef * KL
+    pg_loss: float = 0.0  # the PPO-clip term alone
+    ppo_clip_frac: float = 0.0  # fraction of forwarded tokens where PPO's clipped ratio branch was taken
+    approx_kl: float = 0.0  # mean 0.5 (log pi / pi_behaviour)^2: how far the policy moved off the sampler
+    kl: float = 0.0  # k3 KL to the reference model (0 without one: kl_coef 0)
+    ratio_mean: float = 1.0  # mean pi / pi_behaviour (1 when nothing was forwarded)
+    entropy: float | None = None  # policy entropy (nats) over the forwarded tokens; None: nothing forwarded
+    grad_norm: float = 0.0  # gradient norm before clipping (last epoch)
+    trained_tokens: float = 0.0  # generated tokens of the batch (the token_mean normaliser)
+    skipped_rows: float = 0.0  # rows with generated tokens not forwarded (all-zero A^, skip_zero_advantage)
+    update_seconds: float = 0.0  # wall time of the update (set by the worker; 0 from `Learner.update`)
+
+    def as_dict(self) -> dict[str, float]:
+        """Field -> float; a value not measured (None) is left out."""
+        return {k: float(v) for k, v in asdict(self).items() if v is not None}
+
+
+@dataclass
+class RolloutStats:
+    """What producing one rollout batch cost (actors/rollout.py `MultiTurnRollout.run`; `RolloutWorker.run` adds
+    the restarts). A batch split over a rollout fleet is `merge`d: times are the slowest worker's (they run in
+    parallel), counts are summed, tokens/s is the fleet's. Each field's metadata says how it merges."""
+
+    rollout_seconds: float = field(default=0.0, metadata={"merge": "max"})  # wall time of the whole rollout
+    generate_seconds: float = field(default=0.0, metadata={"merge": "max"})  # of it, inside the engine's generate
+    env_seconds: float = field(default=0.0, metadata={"merge": "max"})  # of it, stepping the envs
+    generated_tokens: float = field(default=0.0, metadata={"merge": "sum"})  # tokens the policy sampled
+    tokens_per_s: float = field(default=0.0, metadata={"merge": "rate"})  # generated_tokens / generate_seconds
+    context_truncated: float = field(default=0.0, metadata={"merge": "sum"})  # episodes ended by max_context
+    env_errors: float = field(default=0.0, metadata={"merge": "sum"})  # episodes the env failed (no advantage)
+    env_restarts: float = field(default=0.0, metadata={"merge": "sum"})  # re-runs after an env shard died
+
+    def as_dict(self) -> dict[str, float]:
+        return {k: float(v) for k, v in asdict(self).items()}
+
+    @staticmethod
+    def rate(tokens: float, seconds: float) -> float:
+        """Generation throughput, tokens per second of generate time."""
+        return tokens / max(seconds, 1e-9)
+
+    @classmethod
+    def merge(cls, parts: Sequence[RolloutStats]) -> RolloutStats:
+        """One record for a batch from its workers' parts (see the class docstring)."""
+        out: dict[str, float] = {}
+        for f in fields(cls):
+            vals = [float(getattr(p, f.name)) for p in parts]
+            if f.metadata["merge"] == "max":
+                out[f.name] = max(vals, default=0.0)
+            elif f.metadata["merge"] == "sum":
+                out[f.name] = sum(vals)
+        out["tokens_per_s"] = cls.rate(out["generated_tokens"], out["generate_seconds"])
+        return cls(**out)
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""Credit budgets for StepOPSD weights, and per-step credit diagnostics (DESIGN.md section 1, step 6).
+"""Credit budgets for StepOPSD weights, and per-step credit diagnostics (docs/design.md, "The method",
+step 6).
 
 The paper's "normalised per-step credit budget" admits several readings; each budget below is one of them
 (see learner/stepopsd.py for which is which). All functions are pure torch and vectorised: a (row, step)
@@ -14,7 +15,13 @@ Shape legend: B trajectories, S steps, T tokens.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
+
+from learner.registry import Registry
+
+CREDIT_BUDGETS = Registry("credit budget")
 
 
 def _slot_keys(step_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -158,6 +165,49 @@ def step_level_weights(
     out = torch.ones_like(delta)
     out[shape_mask] = w_s[key_m].to(delta.dtype)
     return out
+
+
+@dataclass(frozen=True)
+class BudgetInputs:
+    """What a credit budget may read besides the clipped weights (all tensors (B, T) unless noted)."""
+
+    delta: torch.Tensor  # float, log p_T - log p_S, finite on the mask (0 off it)
+    adv: torch.Tensor  # float, the GRPO token advantage A
+    shape_mask: torch.Tensor  # bool, the shaped tokens (not empty when a budget is called)
+    step_ids: torch.Tensor  # long, budget unit of each token, -1 outside steps (one pseudo-step per row)
+    lo: float  # 1 - alpha_clip
+    hi: float  # 1 + alpha_clip
+    step_score: str = "mean"  # `step_level`: the step score (`step_scores`)
+    step_contrast: torch.Tensor | None = None  # (B, S) float, `step_level` with step_score "contrast"
+
+
+# Each CREDIT_BUDGETS entry maps the first-clipped weights w (B, T) (1 off the mask) and the BudgetInputs to
+# the final weights (B, T), in [lo, hi] on the mask and 1 off it (learner/stepopsd.py's step 6).
+
+
+@CREDIT_BUDGETS.register("step_mean")
+def step_mean_budget(w: torch.Tensor, inp: BudgetInputs) -> torch.Tensor:
+    """Each (row, step)'s shaped weights average 1, then clipped again."""
+    return step_mean_rescale(w, inp.shape_mask, inp.step_ids).clamp(inp.lo, inp.hi)
+
+
+@CREDIT_BUDGETS.register("trajectory_mean")
+def trajectory_mean_budget(w: torch.Tensor, inp: BudgetInputs) -> torch.Tensor:
+    """Each row's shaped weights average 1 (credit moves between steps), then clipped again."""
+    return trajectory_mean_rescale(w, inp.shape_mask).clamp(inp.lo, inp.hi)
+
+
+@CREDIT_BUDGETS.register("step_level")
+def step_level_budget(w: torch.Tensor, inp: BudgetInputs) -> torch.Tensor:
+    """One weight per step from its score (`step_level_weights`); the per-token weights are not used."""
+    return step_level_weights(inp.delta, inp.adv, inp.shape_mask, inp.step_ids, inp.lo, inp.hi, inp.step_score,
+                              inp.step_contrast)
+
+
+@CREDIT_BUDGETS.register("none")
+def no_budget(w: torch.Tensor, inp: BudgetInputs) -> torch.Tensor:
+    """The per-token weights as they are."""
+    return w
 
 
 def step_scores(

@@ -1,4 +1,5 @@
-"""Step filters (DESIGN.md section 1.3): which tokens of each step the StepOPSD weights may reshape.
+"""Step filters (docs/design.md, "The method", step 3): which tokens of each step the StepOPSD weights may
+reshape.
 
 Each filter maps per-token span roles (B, T) long and step ids (B, T) long (-1 outside steps) to a bool
 (B, T) mask. Observation, prompt and padding tokens are never in any mask.

@@ -1,4 +1,4 @@
-"""Hindsight source selection (DESIGN.md section 1.4), pure torch.
+"""Hindsight source selection (docs/design.md, "The method", step 4), pure torch.
 
 For trajectory i, the teacher's hindsight comes from a successful sibling j != i in the same GRPO group.
 Choice among several successes (the paper leaves it open): the one with the fewest turns (the most direct

@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from learner.batch import ScoredBatch
+from learner.batch import ScoredBatch, UpdateStats
 from learner.losses import ppo_clip_loss
 
 
@@ -163,8 +163,8 @@ class Learner:
         self.keep_logits = keep_logits  # LM head only at the positions the loss reads (benchmarks turn it off)
         self.version = 0
 
-    def update(self, scored: ScoredBatch) -> dict[str, float]:
-        """One learner step on a scored batch; returns loss/grad stats. Increments `version`."""
+    def update(self, scored: ScoredBatch) -> UpdateStats:
+        """One learner step on a scored batch; returns its loss/grad stats. Increments `version`."""
         traj = scored.traj
         mask = traj.generated_mask  # (B, T)
         attn = traj.attention_mask  # (B, T)
@@ -234,13 +234,12 @@ class Learner:
             merged = dict(zip(keys, vec.tolist()))
             totals, diag = {k: merged[k] for k in totals}, {k: merged[k] for k in diag}
         out = {k: v / self.ppo_epochs for k, v in (totals | diag).items()}
-        if not n_forwarded:
-            out["ratio_mean"] = 1.0  # nothing forwarded: the policy is unchanged on every row
-            out.pop("entropy")  # not measured (no token was forwarded)
-        out["grad_norm"] = grad_norm
-        out["trained_tokens"] = float(n_tok)
-        out["skipped_rows"] = float(skipped)
-        return out
+        return UpdateStats(
+            loss=out["loss"], pg_loss=out["pg_loss"], ppo_clip_frac=out["clip_frac"], approx_kl=out["approx_kl"],
+            kl=out["kl"],
+            ratio_mean=out["ratio_mean"] if n_forwarded else 1.0,  # nothing forwarded: the policy is unchanged
+            entropy=out["entropy"] if n_forwarded else None,  # not measured when no token was forwarded
+            grad_norm=grad_norm, trained_tokens=float(n_tok), skipped_rows=float(skipped))
 
     def set_data_parallel(self, rank: int, world: int, all_reduce: AllReduce) -> None:
         """Become rank `rank` of `world` data-parallel replicas (see the module docstring)."""

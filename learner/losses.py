@@ -1,4 +1,4 @@
-"""PPO-clip policy loss with optional k3 KL to a reference (DESIGN.md section 1.8).
+"""PPO-clip policy loss with optional k3 KL to a reference (docs/design.md, "The method", step 8).
 
     ratio_t = exp(logp_t - old_logp_t)
     pg_t    = -min(ratio_t * A^_t, clip(ratio_t, 1 - eps_low, 1 + eps_high) * A^_t)     (PPO, eq. 7)

@@ -1,4 +1,4 @@
-"""lambda (and alpha) schedules for StepOPSD (DESIGN.md section 1.7), registered by name.
+"""lambda (and alpha) schedules for StepOPSD (docs/design.md, "The method", step 7), registered by name.
 
 Every schedule answers `current(step) -> (lam, alpha)` before the update of learner step `step` and is
 told the observed Std(delta) afterwards via `observe(step, delta_std)`. State round-trips through

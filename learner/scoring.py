@@ -1,4 +1,4 @@
-"""The StepOPSD scoring stage as one pure function (DESIGN.md section 1, steps 2-7), torch only.
+"""The StepOPSD scoring stage as one pure function (docs/design.md, "The method", steps 2-7), torch only.
 
     A      = GRPO advantage per trajectory, broadcast to its generated tokens        (step 2)
     j(i)   = hindsight source: a successful sibling of i, or -1                      (step 4)
@@ -23,7 +23,13 @@ from learner.advantages import ADV_ESTIMATORS, broadcast_to_tokens
 from learner.batch import ScoredBatch, ScoreStats, TrajectoryBatch
 from learner.filters import STEP_FILTERS
 from learner.hindsight import pick_hindsight_sources
-from learner.stepopsd import STEP_SCORES, error_step_credit_share, lowest_delta_step, shape_advantages
+from learner.stepopsd import (
+    CREDIT_BUDGETS,
+    STEP_SCORES,
+    error_step_credit_share,
+    lowest_delta_step,
+    shape_advantages,
+)
 
 
 @dataclass(frozen=True)
@@ -31,7 +37,7 @@ class ScoringOptions:
     """How a batch is scored; built from the config's `stepopsd` / `learner` sections by the driver."""
 
     step_filter: str = "action_only"  # STEP_FILTERS name: which tokens of a step are shaped
-    credit_budget: str = "step_mean"  # learner.stepopsd.CREDIT_BUDGETS name
+    credit_budget: str = "step_mean"  # CREDIT_BUDGETS name (learner/credit.py)
     adv_estimator: str = "grpo"  # ADV_ESTIMATORS name
     enabled: bool = True  # False: plain GRPO, the teacher never runs
     hindsight_context: str = "actions"  # the teacher's context builder (actors/hindsight_context.py)
@@ -44,6 +50,7 @@ class ScoringOptions:
 
     def validate(self) -> ScoringOptions:
         STEP_FILTERS.get(self.step_filter)
+        CREDIT_BUDGETS.get(self.credit_budget)
         ADV_ESTIMATORS.get(self.adv_estimator)
         if self.step_score not in STEP_SCORES:
             raise ValueError(f"step_score must be one of {STEP_SCORES}, got {self.step_score!r}")

@@ -1,4 +1,4 @@
-"""StepOPSD advantage shaping (DESIGN.md section 1, steps 5-7).
+"""StepOPSD advantage shaping (docs/design.md, "The method", steps 5-7).
 
 Given the GRPO token advantage A, the student's log-probs of its own tokens and a hindsight teacher's
 log-probs of the same tokens, reweight A inside the trajectory without changing its sign:
@@ -9,7 +9,7 @@ log-probs of the same tokens, reweight A inside the trajectory without changing 
     A^_t    = (1 - lam) * A_t + lam * w_t * A_t = A_t * (1 + lam * (w_t - 1))          (step 7)
 
 Credit budgets (step 6). The paper's "normalised per-step credit budget" admits several readings; we
-offer them side by side (implemented in learner/credit.py):
+offer them side by side (learner/credit.py, registered by name in `CREDIT_BUDGETS`):
 
 - `step_mean`: w_t <- w_t / mean_{t' in step(t)} w_t'. Each step's shaped weights average 1, so a step
   keeps its total credit |s| * A, redistributed among its own tokens (up to the second clip).
@@ -38,14 +38,13 @@ from __future__ import annotations
 import torch
 
 from learner.credit import (
+    CREDIT_BUDGETS,
+    BudgetInputs,
     error_step_credit_share,
     lowest_delta_step,
     step_credit_share,
-    step_level_weights,
     step_mean_delta,
-    step_mean_rescale,
     step_scores,
-    trajectory_mean_rescale,
 )
 
 __all__ = [
@@ -58,7 +57,6 @@ __all__ = [
     "step_scores",
 ]
 
-CREDIT_BUDGETS = ("step_mean", "trajectory_mean", "step_level", "none")
 STEP_SCORES = ("mean", "sum", "min", "contrast")  # training's choices (`first` is a diagnose reduction)
 
 
@@ -87,7 +85,7 @@ def shape_advantages(
         step_ids: (B, T) long, step index of each token, -1 outside steps.
         lam: mixing coefficient lambda in [0, 1].
         alpha: weight clip alpha_clip in [0, 1).
-        credit_budget: one of CREDIT_BUDGETS (module docstring): "step_mean" (each step's shaped weights
+        credit_budget: a CREDIT_BUDGETS name (module docstring): "step_mean" (each step's shaped weights
             average 1), "trajectory_mean" (each trajectory's shaped weights average 1), "step_level" (one
             weight per step from its mean delta, normalised over steps) or "none".
         token_mask: (B, T) bool, tokens over which Var(A) and Var(A^) are reported (the trained tokens);
@@ -97,7 +95,7 @@ def shape_advantages(
 
     Returns:
         adv_hat: (B, T) float, equal to `adv` off `shape_mask` (and bit-identical everywhere when lam == 0).
-        stats: floats delta_std, delta_mean, w_mean, w_std, clip_frac, adv_var, adv_hat_var,
+        stats: floats delta_std, delta_mean, w_mean, w_std, w_clip_frac, adv_var, adv_hat_var,
             nonfinite_count, shaped_tokens.
     """
     if not 0.0 <= lam <= 1.0:
@@ -105,7 +103,7 @@ def shape_advantages(
     if not 0.0 <= alpha < 1.0:
         raise ValueError(f"alpha must be in [0, 1), got {alpha}")
     if credit_budget not in CREDIT_BUDGETS:
-        raise ValueError(f"credit_budget must be one of {CREDIT_BUDGETS}, got {credit_budget!r}")
+        raise ValueError(f"credit_budget must be one of {CREDIT_BUDGETS.names()}, got {credit_budget!r}")
     for name, t in (("logp_student", logp_student), ("logp_teacher", logp_teacher),
                     ("shape_mask", shape_mask), ("step_ids", step_ids)):
         if t.shape != adv.shape:
@@ -123,12 +121,8 @@ def shape_advantages(
     w = (2.0 * torch.sigmoid(torch.sign(adv) * delta)).clamp(lo, hi)  # (B, T)
     w = torch.where(shape_mask, w, torch.ones_like(w))
     if bool(shape_mask.any()):
-        if credit_budget == "step_mean":
-            w = step_mean_rescale(w, shape_mask, step_ids).clamp(lo, hi)
-        elif credit_budget == "trajectory_mean":
-            w = trajectory_mean_rescale(w, shape_mask).clamp(lo, hi)
-        elif credit_budget == "step_level":
-            w = step_level_weights(delta, adv, shape_mask, step_ids, lo, hi, step_score, step_contrast)
+        w = CREDIT_BUDGETS.get(credit_budget)(w, BudgetInputs(delta, adv, shape_mask, step_ids, lo, hi, step_score,
+                                                                step_contrast))
 
     if lam == 0.0:
         adv_hat = adv.clone()  # lambda = 0 is plain GRPO, bit for bit
@@ -170,7 +164,7 @@ def _stats(
         "delta_mean": d_mean,
         "w_mean": w_mean if n else 1.0,
         "w_std": w_std,
-        "clip_frac": float(at_clip.sum()) / n if n else 0.0,
+        "w_clip_frac": float(at_clip.sum()) / n if n else 0.0,  # weights at 1 +- alpha
         "adv_var": a_std**2,
         "adv_hat_var": ah_std**2,
         "nonfinite_count": float(nonfinite.sum()),

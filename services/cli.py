@@ -12,20 +12,21 @@ import importlib
 import sys
 import warnings
 
-# (module, description) in help order. Each module defines register(subparsers) -> None.
+# The command modules, in help order; each defines register(subparsers) -> None. The comment names the
+# subcommand(s) each registers and what they do.
 COMMAND_MODULES = [
-    "services.cmd_demo",
-    "services.cmd_config",
-    "envs.alfworld.cli",
-    "services.search.cli",
-    "actors.cli",  # model prepare
-    "services.rollout_cli",  # rollout, sft
-    "services.train_cli",  # train
-    "services.export",  # export
-    "services.eval_cli",  # eval
-    "services.experiment",  # experiment
-    "services.diagnose",  # diagnose localize | make-cases
-    "services.placement",  # cluster check
+    "services.cmd_demo",  # demo: the StepOPSD math on a worked toy group (no model, no env)
+    "services.cmd_config",  # config show | validate | explain KEY
+    "envs.alfworld.cli",  # alfworld generate | check | ensure: offline ALFWorld game sets
+    "services.search.cli",  # search index | serve | eval | build-corpus | synth: the Search-QA retrieval side
+    "actors.cli",  # model prepare: build a builtin model into the cache
+    "services.rollout_cli",  # rollout (episodes with the configured engine), sft (the SFT warm start)
+    "services.train_cli",  # train: the actor/learner training job
+    "services.export",  # export: a run's checkpoint as a Hugging Face model dir
+    "services.eval_cli",  # eval: a model dir on the env's tasks, never trains
+    "services.experiment",  # experiment: GRPO vs OPD vs StepOPSD arms over paired seeds
+    "services.diagnose",  # diagnose localize | make-cases: the teacher's step-error localization
+    "services.placement",  # cluster check: can a config's fleet be placed on a ray up cluster YAML
 ]
 
 

@@ -1,4 +1,6 @@
-"""`stepopsd config show|validate`: print the resolved config or check a file."""
+"""`stepopsd config show|validate|explain [KEY]`: print the resolved config (with the derived device / dtype
+line), check that a file loads, or describe one dotted key (its description, type, default and current value;
+a section's keys; the nearest valid key when it is unknown)."""
 
 from __future__ import annotations
 
@@ -6,7 +8,7 @@ import argparse
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("config", help="show, validate or explain a config")
+    p = sub.add_parser("config", help="show or validate a config, or explain one of its keys")
     p.add_argument("action", choices=["show", "validate", "explain"])
     p.add_argument("key", nargs="?", default=None, help="explain: a dotted key, e.g. stepopsd.lambda_mix")
     p.add_argument("--config", default=None, help="YAML config file (default: built-in defaults)")

@@ -34,7 +34,8 @@ def run(args: argparse.Namespace) -> int:
     lp_t = lp_s + torch.randn(4, 11)
     mask = STEP_FILTERS.get("action_only")(span, steps)
     adv_hat, stats = shape_advantages(adv, lp_s, lp_t, mask, steps, lam=args.lam, alpha=args.alpha)
-    print("StepOPSD math self-demo (no model/env; `make run` falls back to this only if asked)")
+    print("StepOPSD math self-demo (no model, no env). The real job is `make run`: stepopsd train on "
+          "deploy/configs/learn_cpu.yaml, the Ray actor/learner service")
     print(f"rewards {R.tolist()} -> GRPO advantages {[round(a, 4) for a in adv_seq.tolist()]}")
     print(f"action_only mask row 0: {mask[0].int().tolist()}")
     for i in range(4):

@@ -124,10 +124,10 @@ class CheckpointConfig(_Base):
 
 
 class SFTConfig(_Base):
-    enabled: bool = Field(True, description="Warm-start the policy with SFT on planner walkthroughs before RL (cached).")
+    enabled: bool = Field(True, description="Warm-start the policy with SFT on the env's scripted expert demonstrations before RL (trained once, cached; services/sft.py).")
     epochs: int = Field(2, ge=1, description="SFT epochs.")
     lr: float = Field(5e-5, gt=0, description="SFT learning rate.")
-    max_examples: int = Field(512, ge=1, description="Cap on SFT turn examples.")
+    max_examples: int = Field(512, ge=1, description="Cap on SFT demonstrations (tasks of the train split, one demonstrated episode each).")
 
 
 class ActorResources(_Base):
@@ -158,7 +158,10 @@ class Config(_Base):
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig, description="Ray resources per actor kind.")
 
     @model_validator(mode="after")
-    def _fleet_needs_ray(self) -> Config:
+    def _check_cross_section_settings(self) -> Config:
+        """Settings that are only valid together: run.eval_every needs run.eval_episodes; without
+        pipeline.mode: ray, learner.num_workers > 1 and pipeline.weight_sync: collective are errors. Then a
+        warning per setting that cannot take effect (`ignored_settings`)."""
         if self.run.eval_every and not self.run.eval_episodes:
             raise ValueError(f"run.eval_every = {self.run.eval_every} needs run.eval_episodes > 0 (how many "
                              "held-out episodes each evaluation runs)")

@@ -157,10 +157,10 @@ def first_content_mask(batch: Any, tokenizer: Any) -> Any:
     for i in range(batch.batch_size):
         for k in sorted({int(x) for x in batch.step_ids[i][is_action[i]].tolist()}):
             pos = torch.nonzero(is_action[i] & (batch.step_ids[i] == k)).flatten().tolist()
+            m = re.match(r"\s*<?\w+>\s*", tokenizer.decode(batch.input_ids[i, pos].tolist()))
+            tag = m.end() if m else 0  # the tag's "<" may sit in the previous token ("><")
             for n, p in enumerate(pos):
-                text = tokenizer.decode(batch.input_ids[i, pos[: n + 1]].tolist())
-                m = re.match(r"\s*<?\w+>", text)  # the tag's "<" may sit in the previous token ("><")
-                if text[m.end() if m else 0:].strip():
+                if len(tokenizer.decode(batch.input_ids[i, pos[: n + 1]].tolist())) > tag:
                     out[i, p] = True
                     break
     return out

@@ -2,8 +2,9 @@
 
 Evaluates a model directory (an export, a run's `final_hf/`, a run directory -- its `final_hf/` and its own
 config) on the env's tasks: never trains, never runs SFT; greedy unless `--temperature` is given. The tasks are
-the ones training's held-out evaluation uses for the same config and episode count (`services.sft.eval_tasks`),
-so `stepopsd eval --model RUN/final_hf --config RUN/config.yaml` reproduces the run's `after` figure.
+the ones training's held-out evaluation uses for the same config and episode count (`actors.rollout.eval_tasks`,
+called by `services.sft.evaluate`), so `stepopsd eval --model RUN/final_hf --config RUN/config.yaml` reproduces
+the run's `after` figure.
 """
 
 from __future__ import annotations

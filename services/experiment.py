@@ -180,13 +180,15 @@ def evaluate_heldout(cfg: Any, model_path: Path | str, n_eval: int, transcripts:
 
 
 # ---------------------------------------------------------------------------------------------------- runs
-def run_one(cfg: Any, arm: str, base_path: Path, n_eval: int, keep_checkpoints: bool = False) -> dict[str, Any]:
-    """Train one (arm, seed) run and evaluate its final policy; the result is kept in the run dir
-    (result.json) and reused when the same resolved config is asked for again (an interrupted experiment
-    resumes at the first run without a result). A reused result without per-episode outcomes (kept before
-    they were) gets its final policy evaluated again, no training. Once result.json is written the run's
-    resume state (checkpoints/, teacher snapshot) is no longer needed and is deleted unless
-    `keep_checkpoints`: nine SmolLM2 runs kept 31 GB of it. The final policy stays in final_hf/."""
+def run_one(cfg: Any, arm: str, n_eval: int, keep_checkpoints: bool = False) -> dict[str, Any]:
+    """Train one (arm, seed) run and evaluate its final policy on `n_eval` held-out episodes. The Trainer
+    resolves the starting policy itself (services/wiring.policy_model_path: the same for every arm, the cached
+    SFT warm start when sft.enabled). The result is kept in the run dir (result.json) and reused when the same
+    resolved config is asked for again (an interrupted experiment resumes at the first run without a result).
+    A reused result without per-episode outcomes (kept before they were) gets its final policy evaluated
+    again, no training. Once result.json is written the run's resume state (checkpoints/, teacher snapshot)
+    is no longer needed and is deleted unless `keep_checkpoints`: nine SmolLM2 runs kept 31 GB of it. The
+    final policy stays in final_hf/."""
     from services.train import Trainer
 
     run_dir = Path(cfg.run.dir)
@@ -210,7 +212,7 @@ def run_one(cfg: Any, arm: str, base_path: Path, n_eval: int, keep_checkpoints: 
     return res
 
 
-def run_isolated(cfg: Any, arm: str, base_path: Path, n_eval: int, keep_checkpoints: bool = False) -> dict[str, Any]:
+def run_isolated(cfg: Any, arm: str, n_eval: int, keep_checkpoints: bool = False) -> dict[str, Any]:
     """`run_one` in a fresh (spawned) process: in-process vLLM keeps process-global state (its parallel groups),
     and the seventh engine built and torn down in one process failed ("pipeline model parallel group is not
     initialized"). A failed run raises here; runs already finished keep their result.json."""
@@ -226,7 +228,7 @@ def run_isolated(cfg: Any, arm: str, base_path: Path, n_eval: int, keep_checkpoi
     from services.errors import renamed
 
     try:
-        code = run_in_child(run_one, (cfg, arm, base_path, n_eval, keep_checkpoints), cfg.run.name)
+        code = run_in_child(run_one, (cfg, arm, n_eval, keep_checkpoints), cfg.run.name)
     except (InputError, ConfigError) as e:  # bad input stays bad input (one line, exit 2), naming the run
         raise renamed(e, f"experiment run {cfg.run.dir}: {e}") from None
     except ChildFailed as e:  # a failure says which run and how to go on; the child's traceback kept as a note
@@ -279,7 +281,7 @@ def run(args: argparse.Namespace) -> int:
         for seed in range(args.seeds):  # seeds outer: a partial report compares the arms on the same seeds
             for arm in arms:
                 cfg = arm_config(args.config, args.overrides, arm, seed, out)
-                res = run_isolated(cfg, arm, base_path, n_eval, args.keep_checkpoints)
+                res = run_isolated(cfg, arm, n_eval, args.keep_checkpoints)
                 last = res["curve"][-5:]
                 print(f"[{arm} seed {seed}] held-out success {res['eval']['success_rate']:.3f} | train "
                       f"{res['train_seconds']:.0f}s | last-5 train success "

@@ -58,7 +58,7 @@ def alpha_table(run_dirs: list[Path], alphas: list[float]) -> list[dict[str, flo
             adv_hat, st = shape_advantages(d["adv"], d["logp_s"], d["logp_t"], d["mask"], d["steps"], lam=1.0,
                                            alpha=a, credit_budget=d["budget"], token_mask=d["gen"])
             diff = (adv_hat - d["adv"])[d["gen"]]
-            for k, v in (("adv_var", st["adv_var"]), ("adv_hat_var", st["adv_hat_var"]), ("clip_frac", st["clip_frac"]),
+            for k, v in (("adv_var", st["adv_var"]), ("adv_hat_var", st["adv_hat_var"]), ("w_clip_frac", st["w_clip_frac"]),
                          ("shaping_var", float(diff.var(correction=0)) if diff.numel() else 0.0)):
                 acc.setdefault(k, []).append(float(v))
         rows.append({"alpha": a, "probes": len(probes), **{k: statistics.mean(v) for k, v in acc.items()}})
@@ -394,7 +394,7 @@ def render_markdown(rep: dict[str, Any]) -> str:
                   "| alpha_clip | Var(A) | Var(Â) | Var(Â − A) | clip frac |", "|---|---|---|---|---|"]
         for r in rows:
             lines.append(f"| {r['alpha']} | {r['adv_var']:.4f} | {r['adv_hat_var']:.4f} | {r['shaping_var']:.6f} | "
-                         f"{r['clip_frac']:.3f} |")
+                         f"{r['w_clip_frac']:.3f} |")
     if rep.get("wall_seconds") is not None:
         lines += ["", f"Total wall time: {rep['wall_seconds'] / 60:.1f} min."]
     return "\n".join(lines) + "\n"

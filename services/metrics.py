@@ -15,10 +15,12 @@ Keys the driver passes to :meth:`Metrics.log_step` (one gauge each, ``stepopsd_<
 delta_std          Std(Δ): true standard deviation of Δ_t = log p_T − log p_S over shaped tokens.
                    The paper's headline health signal; after λ reaches 0 it tracks policy/teacher drift.
 delta_mean         Mean Δ over shaped tokens.
-lowest_delta_step_share  Failed trajectories with a teacher: share of |Â − A| landing on each one's
-                   lowest-mean-Δ step (where the teacher puts the blame; docs/credit_budgets.md).
+lowest_delta_step_share  The error-step credit share: ``learner.credit.error_step_credit_share`` with the
+                   target step = each failed trajectory's lowest-score step (``lowest_delta_step``, scored by
+                   ``stepopsd.step_score``), i.e. the share of |Â − A| over failed trajectories with a teacher
+                   that lands on the step the teacher blames most (docs/credit_budgets.md).
 w_mean, w_std      Mean and std of the token weights w_t (after the credit budget and clip).
-clip_frac          Fraction of shaped tokens whose w sits at 1 ± α_clip.
+w_clip_frac        Fraction of shaped tokens whose w sits at 1 ± α_clip (the weight clip).
 adv_var            Var(A): variance of the plain GRPO advantage over generated tokens.
 adv_hat_var        Var(Â): variance of the shaped advantage.
 adv_var_ratio      Var(Â) / Var(A) (1.0 when λ = 0).
@@ -40,6 +42,7 @@ weight_sync_seconds  Wall time of the last weight publish + load + verification.
 weight_sync_ok     1 if the last weight load passed the log-prob probe check, else 0 (alerted on).
 nonfinite_count    Non-finite Δ values replaced by 0 this step.
 loss, grad_norm    Policy loss and pre-clip gradient norm of the update.
+ppo_clip_frac      Fraction of forwarded tokens where PPO's clipped ratio branch was taken.
 step_seconds       Wall time of the whole learner step.
 ================== ==================================================================================
 

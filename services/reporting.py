@@ -3,15 +3,42 @@ and `curve.png` at the end. The row's keys are the run directory's documented sc
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
 
-from learner.batch import ScoreStats
+from learner.batch import RolloutStats, ScoreStats, UpdateStats
 from services.config import Config
 from services.rundir import RunDir
 
-UPDATE_KEYS = ("loss", "grad_norm", "approx_kl", "kl", "skipped_rows", "entropy")
+# the UpdateStats fields a metrics row carries (a selection: pg_loss, ratio_mean, trained_tokens are left out);
+# update_seconds goes in with the other stage times
+UPDATE_KEYS = ("loss", "grad_norm", "approx_kl", "kl", "skipped_rows", "entropy", "ppo_clip_frac")
 STAGES = ("rollout", "score", "update")  # the pipeline's stages, timed inside their workers
+
+
+@dataclasses.dataclass
+class StepRecord:
+    """What one learner step produced, as the driver hands it to `StepReporter.row`. The stats come as their
+    dataclasses (learner/batch.py) or as dicts of their fields (`rollout` as `merge_rollout_stats` gives it,
+    with per-worker parts)."""
+
+    step: int  # n: the row is learner step n + 1
+    traj: Any  # the TrajectoryBatch trained on
+    rollout: RolloutStats | Mapping[str, Any]
+    score: ScoreStats | Mapping[str, Any]
+    update: UpdateStats | Mapping[str, Any]
+    sync: dict[str, Any]  # the rollout engines' merged weight-sync report
+    lam: float
+    alpha: float
+    teacher_version: int
+    teacher_refreshed: bool
+    step_seconds: float
+    wait_seconds: float  # the driver's wait for the learner
+    queued_rollouts: int  # rollouts in flight after this step's launches
+    recoveries: int = 0  # fleet rebuilds so far in this run (pipeline.max_recoveries)
+    eval: dict[str, Any] | None = None  # run.eval_every's held-out figures, when due
 
 
 class StepReporter:
@@ -35,29 +62,30 @@ class StepReporter:
             self.metrics = Metrics(backend="prometheus", run_name=cfg.run.name, prometheus_port=mc.prometheus_port)
             log(f"metrics: http://127.0.0.1:{self.metrics.port}/metrics")
 
-    def row(self, n: int, traj: Any, r_stats: dict[str, float], s_stats: ScoreStats, upd: dict[str, float],
-            sync: dict[str, Any], lam: float, alpha: float, teacher_version: int, step_s: float, wait_s: float,
-            refreshed: bool, queue: int) -> dict[str, Any]:
-        """The metrics row of learner step n + 1."""
+    def row(self, rec: StepRecord) -> dict[str, Any]:
+        """The metrics row of learner step rec.step + 1."""
         from actors.rollout import batch_metrics
 
+        n, traj, sync, step_s, wait_s = rec.step, rec.traj, rec.sync, rec.step_seconds, rec.wait_seconds
+        lam, alpha, teacher_version, refreshed = rec.lam, rec.alpha, rec.teacher_version, rec.teacher_refreshed
+        r_stats, upd = stats_dict(rec.rollout), stats_dict(rec.update)
+        stats = stats_dict(rec.score)
+        score_seconds = float(stats.pop("score_seconds", 0.0))
         bm = batch_metrics(traj)
         row: dict[str, Any] = {"step": n + 1, "lam": lam, "alpha": alpha}
         row.update({k: v for k, v in bm.items() if k != "success_by_type"})
         row["success_by_type"] = bm["success_by_type"]
-        stats = s_stats.as_dict()
-        stats.pop("score_seconds")
-        row.update(stats)  # clip_frac here: weights at the clip
-        row.update({k: float(upd[k]) for k in UPDATE_KEYS if k in upd})
-        row["ppo_clip_frac"] = float(upd.get("clip_frac", 0.0))  # PPO ratio clipping
+        row.update(stats)  # w_clip_frac here: shaped weights at the clip
+        row.update({k: float(upd[k]) for k in UPDATE_KEYS if k in upd})  # ppo_clip_frac: PPO ratio clipping
+        row.setdefault("ppo_clip_frac", 0.0)
         row.update({
             "policy_version": n + 1, "batch_policy_version": traj.policy_version, "staleness": n - traj.policy_version,
             "teacher_version": teacher_version, "teacher_version_age": (n + 1) - teacher_version,
             "teacher_refreshed": refreshed, "tokens_per_s": r_stats.get("tokens_per_s", 0.0),
-            "rollout_seconds": r_stats.get("rollout_seconds", 0.0), "score_seconds": s_stats.score_seconds,
+            "rollout_seconds": r_stats.get("rollout_seconds", 0.0), "score_seconds": score_seconds,
             "update_seconds": upd.get("update_seconds", 0.0), "step_seconds": step_s, "learner_wait_seconds": wait_s,
             "weight_sync_seconds": float(sync.get("seconds", 0.0)), "weight_sync_ok": float(bool(sync.get("ok", True))),
-            "weight_sync_max_abs_diff": float(sync.get("max_abs_diff", 0.0)), "queue_rollouts": queue,
+            "weight_sync_max_abs_diff": float(sync.get("max_abs_diff", 0.0)), "queue_rollouts": rec.queued_rollouts,
             "env_restarts": r_stats.get("env_restarts", 0.0), "context_truncated": r_stats.get("context_truncated", 0.0),
             "env_errors": r_stats.get("env_errors", 0.0),
             "episode_ids": traj.episode_ids, "time": time.time(),
@@ -68,6 +96,9 @@ class StepReporter:
              "tokens_per_s": float(w.get("tokens_per_s", 0.0)), "generated_tokens": float(w.get("generated_tokens", 0.0)),
              "weight_sync_seconds": float(syncs[i].get("seconds", 0.0)) if i < len(syncs) else 0.0}
             for i, w in enumerate(r_stats.get("workers") or [r_stats])]
+        row["recoveries"] = rec.recoveries
+        if rec.eval is not None:
+            row["eval"] = rec.eval
         return row
 
     def emit(self, row: dict[str, Any]) -> None:
@@ -195,17 +226,35 @@ def overlap_line(o: dict[str, Any], max_staleness: int) -> str:
             f"{o['wall_seconds']:.0f}s of pipeline wall: {100 * o['hidden_fraction']:.0f}% hidden by overlap")
 
 
-def merge_rollout_stats(parts: list[dict[str, Any]]) -> dict[str, Any]:
-    """One rollout-stats dict for a batch from its workers' parts: times are the slowest worker's (they run in
-    parallel), counts are summed, tokens/s is the fleet's; `workers` keeps each part (per-worker metrics)."""
+class StatsRecord(Protocol):
+    """A stats dataclass of learner/batch.py (ScoreStats, UpdateStats, RolloutStats)."""
+
+    def as_dict(self) -> dict[str, float]: ...
+
+
+def stats_dict(stats: StatsRecord | Mapping[str, Any]) -> dict[str, Any]:
+    """A stats record as a plain dict: a mapping as a copy of itself, a stats dataclass by its `as_dict()`."""
+    if isinstance(stats, Mapping):
+        return dict(stats)
+    return dict(stats.as_dict())
+
+
+def _rollout_stats(part: RolloutStats | Mapping[str, Any]) -> RolloutStats:
+    """A worker's rollout stats as the dataclass (a dict's missing fields are 0, extra keys ignored)."""
+    if isinstance(part, RolloutStats):
+        return part
+    return RolloutStats(**{f.name: float(part[f.name]) for f in dataclasses.fields(RolloutStats) if f.name in part})
+
+
+def merge_rollout_stats(parts: Sequence[RolloutStats | Mapping[str, Any]]) -> dict[str, Any]:
+    """One rollout-stats dict for a batch from its workers' parts (`RolloutStats.merge`: times are the slowest
+    worker's, counts are summed, tokens/s is the fleet's), with `workers`: each part as a dict (per-worker
+    metrics). Parts are RolloutStats or dicts of their fields."""
     if len(parts) == 1:
-        return {**parts[0], "workers": [dict(parts[0])]}
-    out: dict[str, Any] = {k: max(float(p.get(k, 0.0)) for p in parts)
-                           for k in ("rollout_seconds", "generate_seconds", "env_seconds")}
-    for k in ("generated_tokens", "context_truncated", "env_restarts", "env_errors"):
-        out[k] = sum(float(p.get(k, 0.0)) for p in parts)
-    out["tokens_per_s"] = out["generated_tokens"] / max(out["generate_seconds"], 1e-9)
-    out["workers"] = [dict(p) for p in parts]
+        one = stats_dict(parts[0])
+        return {**one, "workers": [dict(one)]}
+    out: dict[str, Any] = RolloutStats.merge([_rollout_stats(p) for p in parts]).as_dict()
+    out["workers"] = [stats_dict(p) for p in parts]
     return out
 
 

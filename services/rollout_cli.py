@@ -1,4 +1,5 @@
-"""`stepopsd rollout` (run episodes with an engine, print success / turns / tokens/s) and `stepopsd sft`."""
+"""`stepopsd rollout` (run episodes with an engine, print success / turns / tokens/s) and `stepopsd sft` (the SFT
+warm start of services/sft.py, trained once and cached, with greedy held-out success before and after)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="train", choices=["train", "eval"], help="task split")
     p.add_argument("--greedy", action="store_true", help="temperature 0")
     p.set_defaults(func=run_rollout)
-    s = sub.add_parser("sft", help="SFT warm start on expert demonstrations (cached); report success before/after")
+    s = sub.add_parser("sft", help="SFT warm start: fine-tune on the env's scripted expert demonstrations "
+                       "(trained once, cached); report held-out success before/after")
     _common(s)
     s.add_argument("--eval-episodes", type=int, default=12, help="held-out episodes for before/after success (0 = skip)")
     s.set_defaults(func=run_sft)

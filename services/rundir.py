@@ -25,6 +25,7 @@ skipped with a warning naming them); the newest `keep` are kept.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -82,7 +83,7 @@ def save_learner(d: Path, plan: dict[str, Any], fetch: Callable[[str, list[str]]
     """The learner's checkpoint files from its `checkpoint_plan` (chunk lists + JSON meta), fetching each chunk
     with `fetch(kind, names)` only when it is written."""
     for kind in ("model", "optimizer"):
-        write_tensor_files(d, kind, plan[kind], lambda names, k=kind: fetch(k, names))
+        write_tensor_files(d, kind, plan[kind], functools.partial(fetch, kind))
     (d / "learner_state.json").write_text(json.dumps(plan["meta"]))
 
 

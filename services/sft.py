@@ -1,12 +1,22 @@
-"""SFT warm start: fine-tune the policy on expert demonstrations in the exact agent protocol, so RL starts
-from non-zero success (a 135M model has ~0% success on ALFWorld from scratch).
+"""SFT warm start: before RL, fine-tune the base policy (`model.path`) on expert demonstrations in the exact
+agent protocol, so RL starts from non-zero success (a 135M model has ~0% success on ALFWorld from scratch).
+Training runs it when `sft.enabled` (services/wiring.policy_model_path: the warm start is the starting
+policy); `stepopsd sft` runs it alone and reports held-out success before and after.
 
-Demonstrations come from the env adapter (`demonstrations(cfg, split)`: ALFWorld planner walkthroughs,
-Search-QA scripted search-then-answer episodes). They are replayed through the real env pool by the same
-`MultiTurnRollout` the RL uses, with a `ScriptedEngine` that "generates" the demonstration turns, so the
-SFT sequences are token-for-token in the RL format (chat pieces, observations, roles). The loss is the
-mean negative log-likelihood of the generated-role tokens. The result is cached under
-`<cache_dir>/sft/<key>` where the key hashes everything that determines it.
+The demonstrations are scripted, not sampled from any model: the env adapter's demo policy writes each task's
+assistant turns (`demonstrations(spec, split, limit)`, envs/registry.py) for up to `sft.max_examples` tasks
+of the train split -- ALFWorld: the planner's walkthrough, or the observation-only explorer's winning play
+with `env.alfworld.demo_policy: explorer`; Search-QA: search the question (and, for synthetic 2-hop
+questions, the bridge entity), then answer; scripted: one fixed winning turn. They are replayed through the
+real env pool by the same `MultiTurnRollout` the RL uses, with a `ScriptedEngine` that "generates" the
+demonstration turns, so the SFT sequences are token-for-token in the RL format (chat pieces, observations,
+roles); only the replays that win are kept. The loss is the token-mean negative log-likelihood of the
+generated-role tokens (`sft.epochs`, AdamW at `sft.lr`, fp32 master weights under `model.dtype` autocast).
+The model is trained once and cached under `<model.cache_dir>/sft/<key>`, the key hashing everything that
+determines it (`sft_key`); every later run with the same key reuses it.
+
+`evaluate` (success of a model dir on a split's tasks) lives here too: training's before/after held-out
+evaluation, `stepopsd eval`, `stepopsd rollout` and the experiment all use it.
 """
 
 from __future__ import annotations
@@ -220,5 +230,6 @@ def evaluate(cfg: Config, model_path: str | Path, episodes: int, split: str = "e
         with open(out, "w") as f:
             for rec in episode_records(batch, decode):
                 f.write(json.dumps({"model": str(model_path), "split": split, **rec}) + "\n")
-    m.update({k: ro.last_stats[k] for k in ("tokens_per_s", "generate_seconds", "env_seconds")})
+    rs = ro.last_stats
+    m.update(tokens_per_s=rs.tokens_per_s, generate_seconds=rs.generate_seconds, env_seconds=rs.env_seconds)
     return m

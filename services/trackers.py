@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -139,7 +140,7 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 class Trackers:
     """The run's trackers, built from the config (in the driver, where the step reporter lives)."""
 
-    def __init__(self, names: list[str], root: Path, *, run_name: str, config: dict[str, Any], mc: Any,
+    def __init__(self, names: Sequence[str], root: Path, *, run_name: str, config: dict[str, Any], mc: Any,
                  resume: bool, log: Any = print) -> None:
         self.root = root
         ids_path = root / "trackers.json"

@@ -9,18 +9,16 @@ Schedule (the same in Ray and in-process mode, so both give the same result for 
   when it was queued. L = 0 is exactly the synchronous algorithm.
 In Ray mode each call is an actor task and ObjectRefs flow between actors (a batch goes rollout -> teacher
 -> learner through the object store without passing through the driver, which fetches only the stats); the
-bounded queues are the dicts/deques of in-flight refs. In-process mode executes the same calls immediately,
-in the same order. Building the workers is `services/wiring.py`, the run directory `services/rundir.py`
-(checkpoints streamed to / from the actors: `services/checkpointing.py`),
-the per-step report `services/reporting.py`; this module is only the schedule.
+bounded queues are the pipeline's in-flight refs. In-process mode executes the same calls immediately, in
+the same order. The roles' fan-out and the queues are `services/groups.py`, building the workers
+`services/wiring.py`, the run directory `services/rundir.py` (checkpoints streamed to / from the actors:
+`services/checkpointing.py`), the per-step report `services/reporting.py`; this module is the run's lifecycle
+and the schedule. The same algorithm without a pipeline, in one screen: `services/sync_loop.py`.
 """
 
 from __future__ import annotations
 
-import random
 import time
-from collections import deque
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -31,19 +29,19 @@ from learner.batch import ScoreStats
 from services.checkpointing import restore_fleet, save_fleet_checkpoint
 from services.config import Config, ConfigError, dump_config, load_config
 from services.errors import actor_input_error
+from services.groups import LearnerGroup, Pipeline, RolloutGroup, Scored, TeacherGroup, WeightSync
 from services.interrupt import TrainingInterrupted, stop_on_signals
 from services.reporting import (
     STAGES,
+    StepRecord,
     StepReporter,
     describe_actors,
     describe_fleet,
-    merge_rollout_stats,
-    merge_sync,
     overlap_line,
     stage_overlap,
 )
 from services.rundir import SNAPSHOT, RunDir
-from services.wiring import Fleet, build_fleet, heal_retrieval, policy_model_path, split_groups
+from services.wiring import Fleet, build_fleet, env_error_hook, policy_model_path
 
 __all__ = ["SNAPSHOT", "Trainer", "TrainHook", "TrainingInterrupted", "policy_model_path", "tasks_for_batch", "train"]
 
@@ -56,18 +54,10 @@ class TrainHook(Protocol):
         when needed)."""
 
 
-@dataclass
-class _Scored:
-    """A scoring call in flight: batch index, ScoredBatch ref/value, its stats ref/value, lambda, alpha."""
-
-    step: int
-    batch: Any
-    stats: Any
-    lam: float
-    alpha: float
-
-
 class Trainer:
+    """One training run: the lifecycle (`run`: warm start, held-out before, the pipeline with recovery, export,
+    held-out after) around the schedule (`_loop`)."""
+
     def __init__(self, cfg: Config, *, resume: bool = False, console: Any = None,
                  hooks: list[TrainHook] | None = None) -> None:
         from learner.schedules import build_schedule
@@ -75,7 +65,6 @@ class Trainer:
         self.cfg = cfg
         self.remote = cfg.pipeline.mode == "ray"
         self.rundir = RunDir(cfg.run.dir, keep=cfg.checkpoint.keep)
-        self.run_dir, self.ckpt_root, self.snapshot_path = self.rundir.root, self.rundir.ckpt_root, self.rundir.snapshot_path
         self.resume = resume
         self.console = console
         self.hooks = list(hooks or [])
@@ -84,16 +73,33 @@ class Trainer:
                                        decay_start=sc.decay_start, decay_end=sc.decay_end, target_low=sc.target_low,
                                        target_high=sc.target_high, rate=sc.rate)
         self.lookahead = min(cfg.pipeline.max_staleness, cfg.pipeline.rollout_queue_size - 1)
+        self.after_env_errors = env_error_hook(cfg)
+        # the fleet and its groups (built by _start, rebuilt after an actor death)
         self.fleet: Fleet | None = None
+        self.rollouts: RolloutGroup | None = None
+        self.teachers: TeacherGroup | None = None
+        self.learners: LearnerGroup | None = None
+        self.sync: WeightSync | None = None
+        self.pipe: Pipeline | None = None
         self.actors: list[dict[str, Any]] = []
         self.started_ray = False  # this run started the local Ray instance (it stops it on the way out)
-        self._sent: list[Any] = []
+        # run state
+        self.model_path = ""
+        self.report: StepReporter | None = None  # made once the fleet (and so Ray) is up: Ray metrics need ray.init
+        self.memwatch: Any = None
+        self.recoveries = 0
+        self._stop: str | None = None  # a signal asked the run to stop
+        self._in_loop = False  # a signal in the loop finishes the step; anywhere else it stops at once
         self.held_out_line: str | None = None
         self.eval_summary: dict[str, Any] | None = None
         # stage overlap: rollout / score / update seconds of every step run here, and the pipeline's wall time
         # from the first rollout submitted to the last step reported (over recoveries: segments added)
         self.stage_seconds = dict.fromkeys(STAGES, 0.0)
         self.pipeline_wall = self._wall_done = self._t_segment = 0.0
+
+    @property
+    def run_dir(self) -> Path:
+        return self.rundir.root
 
     def _log(self, msg: str) -> None:
         if self.console is not None:
@@ -104,7 +110,7 @@ class Trainer:
     def drop_resume_state(self) -> None:
         self.rundir.drop_resume_state()
 
-    # ---------------------------------------------------------------- the pipeline
+    # ---------------------------------------------------------------- the run
     def run(self) -> Path:
         cfg, rd = self.cfg, self.rundir
         resume = rd.begin(dump_config(cfg), resume=self.resume)
@@ -112,10 +118,6 @@ class Trainer:
 
         self.memwatch = MemWatch().start()
         t_run = time.perf_counter()
-        self.report: StepReporter | None = None  # made once the fleet (and so Ray) is up: Ray metrics need ray.init
-        self.recoveries = 0
-        self._stop: str | None = None
-        self._in_loop = False  # a signal in the loop finishes the step; anywhere else it stops at once
         restore = stop_on_signals(self._request_stop)
         try:
             return self._run(resume, t_run)
@@ -151,12 +153,12 @@ class Trainer:
         first_start: int | None = None
         while True:
             self.memwatch.phase = "fleet start"
-            start, teacher_version, scored = self._start(resume)
+            start, teacher_version = self._start(resume)
             first_start = start if first_start is None else first_start
             self.memwatch.phase = "training"
             try:
                 self._in_loop = True
-                self._loop(start, teacher_version, scored)
+                self._loop(start, teacher_version)
                 break
             except Exception as e:  # noqa: BLE001 -- only actor deaths are recovered
                 if not is_actor_death(e) or self.recoveries >= cfg.pipeline.max_recoveries:
@@ -164,8 +166,6 @@ class Trainer:
                 resume = self._recover(e)
             finally:
                 self._in_loop = False
-        fleet = self.fleet
-        assert fleet is not None
         from services.export import export_checkpoint
 
         self.memwatch.phase = "export"
@@ -181,28 +181,13 @@ class Trainer:
             self.eval_summary = {"before": before, "after": after}
         return self._finish(first_start or 0, t_run)
 
-    def _start(self, resume: Any) -> tuple[int, int, deque[_Scored]]:
-        """Build the fleet and bring it to the state of `resume` (a checkpoint) or of a fresh run: weights,
-        schedule, teacher snapshot, pending batches, the first rollouts launched. Returns (first step, teacher
-        version, scored batches queued)."""
+    def _start(self, resume: Any) -> tuple[int, int]:
+        """Build the fleet and its groups and bring them to the state of `resume` (a checkpoint) or of a fresh
+        run: weights, schedule, teacher snapshot, pending batches, the first rollouts launched. Returns (first
+        step, teacher version)."""
         cfg, rd = self.cfg, self.rundir
         if self.remote:
-            import ray
-
-            if not ray.is_initialized():
-                from services.wiring import init_ray, starts_local_ray
-
-                # recorded before Ray starts, so a signal during its start or the fleet's still stops it
-                self.started_ray |= starts_local_ray(cfg)
-                try:
-                    init_ray(cfg)
-                except SystemExit as e:  # ray.init's own SIGTERM handler while it starts: sys.exit(15)
-                    if e.code != 15:
-                        raise
-                    raise TrainingInterrupted("SIGTERM", None, rd.latest_checkpoint(), self.run_dir,
-                                              phase=self.memwatch.phase) from None
-                # Ray's core worker installs its own SIGTERM handler (a stack dump, then death): ours again
-                stop_on_signals(self._request_stop)
+            self._init_ray()
         fleet = self.fleet = build_fleet(cfg, self.model_path, str(rd.snapshot_path))
         self.started_ray |= fleet.started_ray  # a recovery's fleet joins the Ray the first one started
         self.actors = fleet.describe()
@@ -211,18 +196,16 @@ class Trainer:
             self.report = StepReporter(cfg, rd, self._log, resume.history if resume else None)
             if self.remote and cfg.metrics.ray_metrics:
                 self._log_live_metrics()
-        self.task_ids = list(fleet.rollout.get(fleet.rollout.task_ids()))
-        if not self.task_ids:
-            raise RuntimeError("the environment offers no tasks")
-        self.task_types: dict[str, str] | None = None
+        self.rollouts = RolloutGroup(fleet.rollouts, tasks_per_step=cfg.rollout.tasks_per_step, seed=cfg.run.seed)
         if cfg.rollout.balance_task_types:
             from envs.registry import task_types
             from services.wiring import env_spec
 
-            self.task_types = task_types(env_spec(cfg, serve=False), "train")
+            self.rollouts.task_types = task_types(env_spec(cfg, serve=False), "train")
+        self.teachers, self.learners, self.sync = TeacherGroup(fleet.teachers), LearnerGroup(fleet.learners), WeightSync(fleet)
+        pipe = self.pipe = Pipeline(self.rollouts, self.teachers, self.schedule, lookahead=self.lookahead,
+                                    steps=cfg.run.steps)
         start, teacher_version = 0, 0
-        self.rollouts: dict[int, list[Any]] = {}  # batch index -> [TrajectoryBatch, rollout stats] (refs in Ray)
-        scored: deque[_Scored] = deque()
         if resume is not None:
             start, teacher_version = resume.next_step, resume.teacher_version
             self.schedule.load_state_dict(resume.schedule)
@@ -230,94 +213,104 @@ class Trainer:
             packet = fleet.learner.publish()
             gather(fleet.rollouts, [h.load_weights(packet) for h in fleet.rollouts])
             # batches generated / scored before the checkpoint keep their old policy version: replay them
-            self.rollouts = {m: [[fleet.put(b), fleet.put(s)]] for m, (b, s) in resume.pending_rollouts.items()
+            pipe.rollouts = {m: [[fleet.put(b), fleet.put(s)]] for m, (b, s) in resume.pending_rollouts.items()
                              if m < cfg.run.steps}
-            scored.extend(_Scored(m, fleet.put(sb), fleet.put(sb.stats), lam, alpha)
-                          for m, sb, lam, alpha in resume.pending_scored if m < cfg.run.steps)
+            pipe.scored.extend(Scored(m, fleet.put(sb), fleet.put(sb.stats), lam, alpha)
+                               for m, sb, lam, alpha in resume.pending_scored if m < cfg.run.steps)
             self._log(f"resumed from {resume.checkpoint} at step {start} (teacher v{teacher_version})")
         else:
-            self._checkpoint(0, scored, 0)  # step-0 checkpoint: the starting weights
-        self.next_launch = start
-        while self.next_launch in self.rollouts:
-            self.next_launch += 1
+            self._checkpoint(0, 0)  # step-0 checkpoint: the starting weights
         self._t_segment = time.perf_counter()
-        self._launch_until(start + self.lookahead)
-        return start, teacher_version, scored
+        pipe.start_at(start)
+        return start, teacher_version
 
-    def _loop(self, start: int, teacher_version: int, scored: deque[_Scored]) -> None:
+    # ---------------------------------------------------------------- the schedule
+    def _loop(self, start: int, teacher_version: int) -> None:
         """Steps start .. run.steps - 1: score, update, publish, report, checkpoint."""
-        cfg, fleet = self.cfg, self.fleet
-        assert fleet is not None
+        cfg, pipe, report = self.cfg, self.pipe, self.report
+        rollouts, teachers, learners, sync = self.rollouts, self.teachers, self.learners, self.sync
+        assert pipe and report and rollouts and teachers and learners and sync
+        K = cfg.stepopsd.teacher_refresh_every
         with self._progress(start) as advance:
             for n in range(start, cfg.run.steps):
                 t_step = time.perf_counter()
                 # 1. score batch n (unless its scoring was queued during the previous update)
-                if not scored or scored[0].step != n:
-                    scored.appendleft(self._score(n))
-                cur = scored.popleft()
-                stats: ScoreStats = fleet.teacher.get(cur.stats)
+                cur = pipe.take_scored(n)
+                stats: ScoreStats = teachers.get(cur.stats)
                 self.schedule.observe(n, stats.delta_std if stats.shaped_tokens else None)
                 # 2. update on it (every learner rank, data parallel); the batch goes teacher -> learner by ref
-                u_ref = [h.update(cur.batch) for h in fleet.learners]
+                updating = learners.update(cur.batch)
                 for hook in self.hooks:
-                    hook.on_scored(n, stats, lambda b=cur.batch: fleet.teacher.get(b))
+                    hook.on_scored(n, stats, lambda b=cur.batch: teachers.get(b))
                 # 3. overlap: score batch n + 1 (already rolled out or rolling) while the learner updates
-                if n + 1 < cfg.run.steps and (n + 1) in self.rollouts:
-                    scored.append(self._score(n + 1))
+                pipe.score_ahead(n + 1)
                 t_wait = time.perf_counter()
-                upd = gather(fleet.learners, u_ref)[0]
-                traj, r_stats = self._fetch_rollout(self.rollouts.pop(n))
-                if r_stats.get("env_errors") and cfg.env.name == "search":
-                    self._log(f"[yellow]step {n + 1}: {int(r_stats['env_errors'])} episodes cut by retrieval errors "
-                              "(left out of the advantages)")
-                    restarted = heal_retrieval(cfg)
-                    if restarted:
-                        self._log(f"[yellow]the local retrieval service was down: restarted at {restarted}")
-                # 4. publish W_{n+1}: to every rollout engine (verified), then the next rollouts; teachers every K
-                refreshed = (n + 1) % cfg.stepopsd.teacher_refresh_every == 0
-                sync_refs, refresh_refs = self._publish(refreshed)
-                # run.eval_every: greedy held-out episodes with W_{n+1}, queued right behind its load
-                evals = self._eval_submit() if cfg.run.eval_every and (n + 1) % cfg.run.eval_every == 0 else None
-                self._launch_until(n + 1 + self.lookahead)
+                upd = learners.wait(updating)
+                traj, r_stats = pipe.take_rollout(n)
+                if r_stats.get("env_errors"):
+                    for line in self.after_env_errors(n, int(r_stats["env_errors"])):
+                        self._log(f"[yellow]{line}")
+                # 4. publish W_{n+1} to every rollout engine (verified), teachers every K steps; then the next
+                #    rollouts, and run.eval_every's held-out episodes right behind the load
+                refreshed = (n + 1) % K == 0
+                sync_refs, refresh_refs = sync.publish(refreshed)
+                evals = rollouts.evaluate(cfg.run.eval_episodes) if self._eval_due(n + 1) else None
+                pipe.launch_until(n + 1 + pipe.lookahead)
                 if refreshed:
-                    gather(fleet.teachers, refresh_refs)
+                    teachers.wait(refresh_refs)
                     teacher_version = n + 1
-                try:
-                    sync = merge_sync(gather(fleet.rollouts, sync_refs))
-                    gather([fleet.learner] * len(self._sent), self._sent)
-                except Exception as e:  # a failed probe verification must stop the run loudly
-                    if is_actor_death(e):
-                        raise  # not a sync failure: the driver recovers the fleet
-                    self.report.weight_sync_failed()
-                    self._log(f"[red]weight sync to the rollout engines failed at version {n + 1}: {e}")
-                    raise
-                # 5. report, checkpoint
-                row = self.report.row(n, traj, r_stats, stats, upd, sync, cur.lam, cur.alpha, teacher_version,
-                                      time.perf_counter() - t_step, time.perf_counter() - t_wait, refreshed,
-                                      len(self.rollouts))
-                row["recoveries"] = self.recoveries  # fleet rebuilds so far in this run (pipeline.max_recoveries)
-                if evals is not None:
-                    row["eval"] = self._eval_collect(evals)
-                self.report.emit(row)
-                for k in STAGES:
-                    self.stage_seconds[k] += float(row[f"{k}_seconds"])
-                self.pipeline_wall = self._wall_done + time.perf_counter() - self._t_segment
-                if "eval" in row:
-                    m = row["eval"]
-                    self._log(f"eval {n + 1:>5} | held-out success {m['success_rate']:.3f} ({int(m['episodes'])} episodes, "
-                              "greedy) | " + " ".join(f"{t} {v:.2f}" for t, v in m["success_by_type"].items()))
+                synced = self._synced(sync_refs, n + 1)
+                # 5. report, checkpoint; a signal stops the run once the step is checkpointed
+                row = report.row(StepRecord(
+                    n, traj, r_stats, stats, upd, synced, cur.lam, cur.alpha, teacher_version, refreshed,
+                    time.perf_counter() - t_step, time.perf_counter() - t_wait, len(pipe.rollouts), self.recoveries,
+                    None if evals is None else self._eval_collect(evals, n + 1)))
+                report.emit(row)
+                self._account(row)
                 advance(n + 1)
                 saved = (n + 1) % cfg.checkpoint.every == 0 or n + 1 == cfg.run.steps
                 if saved:
-                    self._checkpoint(n + 1, scored, teacher_version)
-                if self._stop is not None:  # SIGINT / SIGTERM: the step finished; checkpoint it and stop
-                    ck = self.rundir.latest_checkpoint() if saved else self._checkpoint(n + 1, scored, teacher_version)
+                    self._checkpoint(n + 1, teacher_version)
+                if self._stop is not None:
+                    ck = self.rundir.latest_checkpoint() if saved else self._checkpoint(n + 1, teacher_version)
                     raise TrainingInterrupted(self._stop, n + 1, ck, self.run_dir)
+
+    def _synced(self, sync_refs: list[Any], version: int) -> dict[str, Any]:
+        """Wait for the rollout engines' verified loads of `version`; a failed probe stops the run loudly."""
+        assert self.sync is not None and self.report is not None
+        try:
+            return self.sync.wait(sync_refs)
+        except Exception as e:
+            if is_actor_death(e):
+                raise  # not a sync failure: the driver recovers the fleet
+            self.report.weight_sync_failed()
+            self._log(f"[red]weight sync to the rollout engines failed at version {version}: {e}")
+            raise
+
+    def _account(self, row: dict[str, Any]) -> None:
+        """Stage seconds and pipeline wall time for the overlap summary."""
+        for k in STAGES:
+            self.stage_seconds[k] += float(row[f"{k}_seconds"])
+        self.pipeline_wall = self._wall_done + time.perf_counter() - self._t_segment
+
+    def _eval_due(self, version: int) -> bool:
+        every = self.cfg.run.eval_every
+        return bool(every) and version % every == 0
+
+    def _eval_collect(self, refs: list[Any], version: int) -> dict[str, Any]:
+        assert self.rollouts is not None
+        t0 = time.perf_counter()
+        m = self.rollouts.collect(refs)
+        m["wait_seconds"] = time.perf_counter() - t0
+        self._log(f"eval {version:>5} | held-out success {m['success_rate']:.3f} ({int(m['episodes'])} episodes, "
+                  "greedy) | " + " ".join(f"{t} {v:.2f}" for t, v in m["success_by_type"].items()))
+        return m
 
     def _recover(self, e: BaseException) -> Any:
         """An actor died (rollout worker, learner rank, or a teacher / env pool past its own restarts): stop the
         fleet, rebuild it from the last checkpoint (the work since it is redone: the same batches, seeds and
         weights), count it. Returns the resume state."""
+        assert self.report is not None  # made with the first fleet, before any actor could die
         self.recoveries += 1
         self._wall_done = self.pipeline_wall
         ck = self.rundir.latest_checkpoint()
@@ -384,91 +377,38 @@ class Trainer:
 
         return held_out(self.cfg, model_path, self.cfg.run.eval_episodes, self.rundir.root / name, log=self._log)
 
-    def _eval_submit(self) -> list[Any]:
-        """Split the run.eval_episodes held-out tasks over the rollout workers (each evaluates its share with
-        the weights it holds, greedy)."""
-        n, workers = self.cfg.run.eval_episodes, self.fleet.rollouts  # type: ignore[union-attr]
-        return [w.evaluate(n, first, size) for w, (first, size) in zip(workers, split_groups(n, len(workers))) if size]
-
-    def _eval_collect(self, refs: list[Any]) -> dict[str, Any]:
-        from actors.rollout import batch_metrics
-        from learner.batch import TrajectoryBatch
-
-        t0 = time.perf_counter()
-        parts = gather(self.fleet.rollouts, refs)  # type: ignore[union-attr]
-        m = batch_metrics(parts[0] if len(parts) == 1 else TrajectoryBatch.concat(parts))
-        m["wait_seconds"] = time.perf_counter() - t0
-        return m
-
-    def _launch_until(self, limit: int) -> None:
-        """Submit rollouts up to batch `limit` (they queue behind the weight loads already submitted)."""
-        cfg, rollouts = self.cfg, self.fleet.rollouts  # type: ignore[union-attr]
-        while self.next_launch <= min(limit, cfg.run.steps - 1):
-            tasks = tasks_for_batch(self.task_ids, self.next_launch, cfg.rollout.tasks_per_step, cfg.run.seed,
-                                    self.task_types)
-            # the batch's GRPO groups split over the rollout workers (global group ids and seeds)
-            self.rollouts[self.next_launch] = [
-                list(w.run(tasks[first:first + size], self.next_launch, first))
-                for w, (first, size) in zip(rollouts, split_groups(len(tasks), len(rollouts))) if size]
-            self.next_launch += 1
-
-    def _fetch_rollout(self, parts: list[list[Any]]) -> tuple[Any, dict[str, Any]]:
-        """The whole batch and its merged rollout stats from the parts' refs (values in-process)."""
-        from learner.batch import TrajectoryBatch
-
-        fleet = self.fleet
-        assert fleet is not None
-        got = [fleet.rollout.get(p) for p in parts]
-        trajs, stats = [g[0] for g in got], [g[1] for g in got]
-        traj = trajs[0] if len(trajs) == 1 else TrajectoryBatch.concat(trajs)
-        return traj, merge_rollout_stats(stats)
-
-    def _score(self, m: int) -> _Scored:
-        lam, alpha = self.schedule.current(m)
-        fleet = self.fleet
-        assert fleet is not None
-        parts = [p[0] for p in self.rollouts[m]]
-        if len(fleet.teachers) == 1:
-            batch, stats = fleet.teacher.score(parts[0], lam, alpha, *parts[1:])
-        else:  # teacher j scores groups j, j + M, ...; teacher 0 composes
-            M = len(fleet.teachers)
-            shares = [t.teacher_logp_share(j, M, *parts) for j, t in enumerate(fleet.teachers)]
-            batch, stats = fleet.teacher.compose(lam, alpha, len(parts), *parts, *shares)
-        return _Scored(m, batch, stats, lam, alpha)
-
-    def _publish(self, refresh_teachers: bool) -> tuple[list[Any], list[Any]]:
-        """Submit the publication of the learner's new weights to every rollout worker (and, when
-        `refresh_teachers`, every teacher): one object-store packet, or a broadcast over the collective
-        groups. Returns the receivers' (sync, refresh) result refs."""
-        fleet = self.fleet
-        assert fleet is not None
-        if fleet.weight_sync == "collective":
-            meta = fleet.learner.publish_meta()
-            sent = [fleet.learner.broadcast_weights("rollout")]
-            syncs = [h.receive_weights(meta, "rollout") for h in fleet.rollouts]
-            refreshes = []
-            if refresh_teachers:
-                sent.append(fleet.learner.broadcast_weights("teacher"))
-                refreshes = [t.receive_refresh(meta, "teacher") for t in fleet.teachers]
-            self._sent = sent  # the sender's side: awaited with the receivers' (an error there surfaces)
-            return syncs, refreshes
-        self._sent = []
-        packet = fleet.learner.publish()
-        syncs = [h.load_weights(packet) for h in fleet.rollouts]
-        return syncs, ([t.refresh(packet) for t in fleet.teachers] if refresh_teachers else [])
-
-    def _checkpoint(self, step: int, scored: deque[_Scored], teacher_version: int) -> Path:
-        fleet = self.fleet
-        assert fleet is not None
-        pend = {m: self._fetch_rollout(r) for m, r in self.rollouts.items() if m < self.cfg.run.steps}
-        sc = [(s.step, fleet.teacher.get(s.batch), s.lam, s.alpha) for s in scored]
+    def _checkpoint(self, step: int, teacher_version: int) -> Path:
+        """Checkpoint `step`: the learner's state, the teacher snapshot, the batches in flight, the driver's
+        state (schedule, teacher version, metrics lines)."""
+        assert self.fleet is not None and self.pipe is not None and self.report is not None
+        pend, sc = self.pipe.pending()
         state = {"teacher_version": teacher_version, "schedule": self.schedule.state_dict(),
-                 "python_rng": repr(random.getstate()), "metrics_lines": len(self.report.history)}
+                 "metrics_lines": len(self.report.history)}
         prev, self.memwatch.phase = self.memwatch.phase, "checkpoint"
         try:
-            return save_fleet_checkpoint(self.rundir, fleet, step, pend, sc, state)
+            return save_fleet_checkpoint(self.rundir, self.fleet, step, pend, sc, state)
         finally:
             self.memwatch.phase = prev
+
+    def _init_ray(self) -> None:
+        """Join the configured Ray cluster or start a local one (recorded before it starts, so a signal during
+        its start or the fleet's still stops it)."""
+        import ray
+
+        if ray.is_initialized():
+            return
+        from services.wiring import init_ray, starts_local_ray
+
+        self.started_ray |= starts_local_ray(self.cfg)
+        try:
+            init_ray(self.cfg)
+        except SystemExit as e:  # ray.init's own SIGTERM handler while it starts: sys.exit(15)
+            if e.code != 15:
+                raise
+            raise TrainingInterrupted("SIGTERM", None, self.rundir.latest_checkpoint(), self.run_dir,
+                                      phase=self.memwatch.phase) from None
+        # Ray's core worker installs its own SIGTERM handler (a stack dump, then death): ours again
+        stop_on_signals(self._request_stop)
 
     def _progress(self, start: int) -> Any:
         """A context giving `advance(completed)`: steps done with elapsed time and ETA (a rich bar on a terminal;
@@ -486,6 +426,7 @@ class Trainer:
         return bar()
 
     def _finish(self, start: int, t_run: float) -> Path:
+        assert self.report is not None
         self.report.plot(self.eval_summary)
         peak = self.memwatch.stop()
         summary = {"steps": self.cfg.run.steps, "started_at_step": start, "wall_seconds": time.perf_counter() - t_run,

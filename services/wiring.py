@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,6 +68,24 @@ def heal_retrieval(cfg: Config) -> str | None:
     _SERVICES[key] = (new_url, new_handle)
     return new_url
 
+
+
+def env_error_hook(cfg: Config) -> Callable[[int, int], list[str]]:
+    """What the driver does after step n's batch had `errors` episodes cut by the env (not the policy; they are
+    left out of the advantages): `hook(n, errors)` acts and returns the lines to log. Per env kind: Search-QA
+    restarts the local retrieval service when it stopped answering (`heal_retrieval`)."""
+
+    def report(n: int, errors: int) -> list[str]:
+        return [f"step {n + 1}: {errors} episodes cut by env errors (left out of the advantages)"]
+
+    def search(n: int, errors: int) -> list[str]:
+        lines = [f"step {n + 1}: {errors} episodes cut by retrieval errors (left out of the advantages)"]
+        restarted = heal_retrieval(cfg)
+        if restarted:
+            lines.append(f"the local retrieval service was down: restarted at {restarted}")
+        return lines
+
+    return {"search": search}.get(cfg.env.name, report)
 
 def stop_retrieval_services() -> None:
     """Stop the retrieval services this process started (tests; a driver's are daemon threads anyway)."""

@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from actors.engines.base import GenOutput, RolloutEngine, WeightSyncError, probe_ids, probe_logprobs
 
 __all__ = ["GenOutput", "RolloutEngine", "WeightSyncError", "build_engine", "probe_ids", "probe_logprobs"]
+
+
+class _EngineOptions(TypedDict):
+    """The options every engine class takes."""
+
+    dtype: str
+    torch_threads: int
+    seed: int
+    max_context: int
+    sync_tolerance: float
 
 
 def build_engine(
@@ -25,7 +35,7 @@ def build_engine(
 
     Extra kwargs go to the engine class (e.g. `gpu_memory_utilization` for vLLM, `device` for HF).
     """
-    common = dict(
+    common = _EngineOptions(
         dtype=dtype,
         torch_threads=torch_threads,
         seed=seed,

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from actors.engines.base import GenOutput, check_probe, find_stop, probe_ids, probe_logprobs
+from actors.engines.base import FinishReason, GenOutput, check_probe, find_stop, probe_ids, probe_logprobs
 
 
 class HFEngine:
@@ -107,7 +107,7 @@ class HFEngine:
 
         toks: list[list[int]] = [[] for _ in range(B)]
         lps: list[list[float]] = [[] for _ in range(B)]
-        reason: list[str | None] = [None] * B
+        reason: list[FinishReason | None] = [None] * B
         alive = list(range(B))  # original row of each row still in the batch (finished rows are dropped)
         for _ in range(max(budget)):
             raw_logp = torch.log_softmax(logits.float(), dim=-1)  # (b, V), b = len(alive)

@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from actors.engines.base import GenOutput, check_probe, probe_ids
+from actors.engines.base import FinishReason, GenOutput, check_probe, probe_ids
 
 EXTENSION = "actors.engines.vllm_ext.WeightSyncExtension"
 
@@ -55,6 +55,14 @@ def weight_buckets(state_dict: dict[str, torch.Tensor], bucket_bytes: int) -> li
     if tensors:
         out.append((names, tensors))
     return out
+
+
+def _logprob(at: dict[int, Any] | None, token: int) -> float:
+    """log p of `token` from vLLM's {token id: Logprob} of one position (the sampled or prompt token is always
+    in it when log-probs were asked for)."""
+    if at is None:
+        raise RuntimeError(f"vLLM returned no log-probs at the position of token {token}")
+    return float(at[token].logprob)
 
 
 def _cuda_available() -> bool:
@@ -165,6 +173,7 @@ class VLLMEngine:
         seeds: list[int] | None = None,
     ) -> list[GenOutput]:
         from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
 
         if not prompts:
             return []
@@ -192,12 +201,13 @@ class VLLMEngine:
                     seed=seeds[i] if seeds is not None else (None if seed is None else seed + i),
                 )
             )
-        outs = self.llm.generate([{"prompt_token_ids": list(p)} for p in prompts], params, use_tqdm=False)
+        outs = self.llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts], params, use_tqdm=False)
         results = []
         for out in outs:
             c = out.outputs[0]
             ids = list(c.token_ids)
-            lps = [float(d[t].logprob) for t, d in zip(ids, c.logprobs or [], strict=True)]
+            lps = [_logprob(d, t) for t, d in zip(ids, c.logprobs or [], strict=True)]
+            reason: FinishReason
             if c.finish_reason == "length":
                 reason = "length"
             elif isinstance(c.stop_reason, str):
@@ -211,6 +221,7 @@ class VLLMEngine:
     def score(self, contexts: list[list[int]], continuations: list[list[int]]) -> list[list[float]]:
         """Via `prompt_logprobs=0`: vLLM returns log p of each prompt token (raw logits) given its prefix."""
         from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
 
         if len(contexts) != len(continuations):
             raise ValueError(f"{len(contexts)} contexts vs {len(continuations)} continuations")
@@ -222,13 +233,14 @@ class VLLMEngine:
         if not todo:
             return result
         params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
-        seqs = [{"prompt_token_ids": list(contexts[i]) + list(continuations[i])} for i in todo]
-        outs = self.llm.generate(seqs, params, use_tqdm=False)
-        for i, req, out in zip(todo, seqs, outs, strict=True):
-            seq = req["prompt_token_ids"]
+        seqs = [list(contexts[i]) + list(continuations[i]) for i in todo]
+        outs = self.llm.generate([TokensPrompt(prompt_token_ids=s) for s in seqs], params, use_tqdm=False)
+        for i, seq, out in zip(todo, seqs, outs, strict=True):
             n_ctx = len(contexts[i])
             plp = out.prompt_logprobs  # [None, {tok: Logprob}, ...] one entry per prompt token
-            result[i] = [float(plp[t][seq[t]].logprob) for t in range(n_ctx, len(seq))]
+            if plp is None:
+                raise RuntimeError("vLLM returned no prompt log-probs (prompt_logprobs=0 was asked for)")
+            result[i] = [_logprob(plp[t], seq[t]) for t in range(n_ctx, len(seq))]
         return result
 
     # ---------------------------------------------------------------- weights

@@ -15,7 +15,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from envs.alfworld import hindsight, protocol
+from envs.alfworld import protocol
 from envs.alfworld.engine import AlfredGame, GameCache
 from envs.alfworld.games import GameEntry
 from envs.base import ParsedTurn
@@ -106,12 +106,6 @@ class AlfworldEnv:
             truncated,
             self._info(action=turn.action, invalid=invalid),
         )
-
-    def hindsight_block(self, actions: list[str]) -> str:
-        return hindsight.hindsight_block(actions)
-
-    def teacher_user_message(self, first_user_message: str, block: str) -> str:
-        return hindsight.teacher_user_message(first_user_message, block)
 
     # -- extras --------------------------------------------------------------------------------------------------
     def window_prompt(self) -> str:

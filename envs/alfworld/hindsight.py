@@ -1,4 +1,4 @@
-"""ALFWorld hindsight block for the StepOPSD teacher (DESIGN.md section 1.4).
+"""ALFWorld hindsight block for the StepOPSD teacher (docs/design.md, "The method", step 4).
 
 The teacher sees trajectory i's own context plus the action sequence of a successful sibling j from the same
 GRPO group (same game). The block is inserted into the first user message *before* the output-format

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import partial
 
-from envs.base import EnvSpec
+from envs.base import EnvSpec, TextProtocol
 from envs.pool import SerialEnvPool
 from envs.scripted.config import ScriptedEnvConfig
 from envs.scripted.env import ScriptedEnv, ScriptedProtocol
@@ -19,8 +19,9 @@ def make_pool(spec: EnvSpec, num_envs: int, split: str = "train") -> SerialEnvPo
     return SerialEnvPool(partial(ScriptedEnv, o.num_tasks, o.max_turns, o.step_sleep_s), num_envs)
 
 
-def protocol(spec: EnvSpec) -> ScriptedProtocol:
-    return ScriptedProtocol()
+def protocol(spec: EnvSpec) -> TextProtocol:
+    p = ScriptedProtocol()
+    return TextProtocol(p.system_prompt, p.parse, p.hindsight_block, p.teacher_user_message)
 
 
 def task_ids(spec: EnvSpec, split: str = "train") -> list[str]:

@@ -81,12 +81,6 @@ class SearchEnv:
     def parse(self, turn_text: str) -> ParsedTurn:
         return protocol.parse_turn(turn_text)
 
-    def hindsight_block(self, actions: list[str]) -> str:
-        return protocol.hindsight_block(actions)
-
-    def teacher_user_message(self, first_user_message: str, block: str) -> str:
-        return protocol.teacher_user_message(first_user_message, block)
-
     # -- two-phase step ----------------------------------------------------------------------------------
     def _begin(self, turn_text: str) -> _Pending:
         if self.done or self.task is None:

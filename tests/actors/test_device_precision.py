@@ -46,7 +46,7 @@ def test_bf16_update_moves_every_weight_and_matches_fp32(tiny_model_dir):
     for n, p in m16.named_parameters():
         assert p.dtype == torch.float32, n  # master weights stay fp32
         assert not torch.equal(p, before[n]), f"{n} did not move"
-    assert s16["loss"] == pytest.approx(s32["loss"], rel=0.05, abs=0.02)  # bf16 forward: ~3 significant digits
+    assert s16.loss == pytest.approx(s32.loss, rel=0.05, abs=0.02)  # bf16 forward: ~3 significant digits
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         lp16 = token_logprobs(m16, b.traj.input_ids, b.traj.attention_mask)
     lp32 = token_logprobs(m32, b.traj.input_ids, b.traj.attention_mask).detach()

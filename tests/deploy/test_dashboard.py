@@ -46,7 +46,7 @@ def _feed(m: Metrics, stop: threading.Event) -> None:
             {
                 "delta_std": 0.4 + 0.25 * math.sin(step / 6) + 0.002 * step,
                 "delta_mean": 0.05 * math.cos(step / 5),
-                "w_mean": 1.0, "w_std": 0.02 + 0.01 * math.sin(step / 4), "clip_frac": 0.1 + 0.05 * math.sin(step / 7),
+                "w_mean": 1.0, "w_std": 0.02 + 0.01 * math.sin(step / 4), "w_clip_frac": 0.1 + 0.05 * math.sin(step / 7),
                 "adv_var": 1.0, "adv_hat_var": 1.0 + lam * 0.05, "adv_var_ratio": 1.0 + lam * 0.05,
                 "lam": lam, "alpha": 0.05, "teacher_coverage": 0.6 + 0.2 * math.sin(step / 9),
                 "teacher_version_age": step % 10, "teacher_version": step - step % 10, "policy_version": step,

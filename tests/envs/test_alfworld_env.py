@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from envs.alfworld import protocol
+from envs.alfworld import hindsight, protocol
 from envs.alfworld.check import check_dir
 from envs.alfworld.env import AlfworldEnv
 from envs.alfworld.games import find_games
@@ -127,7 +127,7 @@ def test_window_prompt_and_teacher_message(env, games):
     env.step(_turn(plan[0]))
     p = env.window_prompt()
     assert "already taken 1 step(s)" in p and f"Action 1: {plan[0]}" in p
-    teacher = env.teacher_user_message(first, env.hindsight_block(plan))
+    teacher = hindsight.teacher_user_message(first, hindsight.hindsight_block(plan))
     assert teacher.index("A successful attempt at this task took these actions: 1. ") < teacher.index(
         protocol.FORMAT_INSTRUCTION
     )

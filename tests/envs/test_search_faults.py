@@ -62,7 +62,7 @@ def test_service_killed_mid_rollout_cuts_episodes_as_env_errors(kb):
     batch = ro.run([tasks[0].id, tasks[1].id], 2, seed=0, policy_version=0)  # completes: no exception
     assert probe(svc.url, 0.5) is None  # the service really is gone
     assert batch.env_error is not None and batch.env_error.tolist() == [True] * 4
-    assert ro.last_stats["env_errors"] == 4.0
+    assert ro.last_stats.env_errors == 4.0
     assert batch.num_turns.tolist() == [2] * 4  # turn 1 answered, turn 2 cut by the dead service
     assert pool.retrieval_errors == 4
     assert not bool(batch.success.any())

@@ -21,7 +21,12 @@ def _call(adv, ls, lt, mask, steps, **kw):
 
 
 def test_budget_names():
-    assert CREDIT_BUDGETS == ("step_mean", "trajectory_mean", "step_level", "none")
+    assert CREDIT_BUDGETS.names() == ["none", "step_level", "step_mean", "trajectory_mean"]
+    assert "step_mean" in CREDIT_BUDGETS and "nope" not in CREDIT_BUDGETS
+    with pytest.raises(KeyError, match="credit budget 'nope'"):
+        CREDIT_BUDGETS.get("nope")
+    with pytest.raises(ValueError, match="credit_budget must be one of"):
+        _call([[1.0]], [[0.0]], [[0.0]], [[True]], [[0]], lam=0.5, alpha=0.1, credit_budget="nope")
 
 
 # ---------------------------------------------------------------- worked examples
@@ -36,7 +41,7 @@ def test_worked_trajectory_mean_with_second_clip():
     adv_hat, st_ = _call([[2.0, 2.0, 2.0]], [[0.0, 0.0, 0.0]], [[1.0, 1.0, -1.0]], [[True, True, True]],
                          [[0, 0, 1]], lam=0.5, alpha=0.3, credit_budget="trajectory_mean")
     torch.testing.assert_close(adv_hat, torch.tensor([[2.181818, 2.181818, 1.7]]))
-    assert st_["clip_frac"] == pytest.approx(1 / 3)  # token 2 sits at the clip
+    assert st_["w_clip_frac"] == pytest.approx(1 / 3)  # token 2 sits at the clip
 
 
 def test_worked_step_level():
@@ -167,7 +172,7 @@ def test_error_share_of_trajectory_mean_on_lowest_delta_step():
 
 
 
-budgets = st.sampled_from(CREDIT_BUDGETS)
+budgets = st.sampled_from(CREDIT_BUDGETS.names())
 
 
 @settings(max_examples=200, deadline=None)
@@ -179,7 +184,7 @@ def test_properties_every_budget(b, lam, alpha, budget):
     assert bool(((adv_hat - adv).abs() <= lam * alpha * adv.abs() + 1e-6).all())  # |A^ - A| <= lam alpha |A|
     assert torch.equal(adv_hat[~mask], adv[~mask])  # off-mask unchanged
     assert 1.0 - alpha - 1e-6 <= st_["w_mean"] <= 1.0 + alpha + 1e-6
-    assert 0.0 <= st_["clip_frac"] <= 1.0
+    assert 0.0 <= st_["w_clip_frac"] <= 1.0
 
 
 @settings(max_examples=150, deadline=None)

@@ -11,6 +11,7 @@ import threading
 import pytest
 import torch
 
+from learner.batch import UpdateStats
 from learner.learner import Learner
 from tests.learner.test_learner_update import Counting, batch
 
@@ -49,7 +50,7 @@ def test_data_parallel_step_equals_single_process(world: int, aggregation: str) 
     batches = [batch([0.8, 0.0, -0.5, 0.4, -0.2]), batch([0.0] * 5), batch([0.3, 0.0, 0.0, 0.0, -0.2])]
     for b in batches:
         ref = single.update(b)
-        out: list[dict[str, float]] = [{}] * world
+        out: list[UpdateStats] = [UpdateStats()] * world
         rows: list[int] = [0] * world
 
         def step(r: int, b=b, out=out, rows=rows) -> None:
@@ -65,8 +66,8 @@ def test_data_parallel_step_equals_single_process(world: int, aggregation: str) 
         n_nonzero = int(sum(float(x) != 0 for x in b.shaped_advantages[:, -1]))
         assert sum(rows) == n_nonzero  # every forwarded row on exactly one rank
         for o in out:
-            assert o["loss"] == pytest.approx(ref["loss"], abs=1e-6)
-            assert o["grad_norm"] == pytest.approx(ref["grad_norm"], rel=1e-5, abs=1e-7)
+            assert o.loss == pytest.approx(ref.loss, abs=1e-6)
+            assert o.grad_norm == pytest.approx(ref.grad_norm, rel=1e-5, abs=1e-7)
         for r in ranks:  # replicas stay identical, and equal to the single-process learner
             for (n, p), q in zip(r.model.named_parameters(), single.model.parameters()):
                 torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-5, msg=n)

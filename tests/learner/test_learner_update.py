@@ -51,8 +51,8 @@ def test_skipping_zero_advantage_rows_is_exact(aggregation: str, mbs: int) -> No
         s_skip, s_full = l_skip.update(batch(adv)), l_full.update(batch(adv))
         assert m_full.rows == 5
         assert m_skip.rows == sum(a != 0 for a in adv)
-        assert s_skip["skipped_rows"] == 5 - m_skip.rows
-        assert s_skip["loss"] == pytest.approx(s_full["loss"], abs=1e-7)
+        assert s_skip.skipped_rows == 5 - m_skip.rows
+        assert s_skip.loss == pytest.approx(s_full.loss, abs=1e-7)
         for (n, p), q in zip(m_skip.named_parameters(), m_full.parameters()):
             torch.testing.assert_close(p, q, atol=1e-7, rtol=0, msg=n)  # same step, Adam momentum included
     assert l_skip.version == l_full.version == 3

@@ -24,7 +24,7 @@ def test_worked_no_budget():
     assert st_["delta_mean"] == pytest.approx(0.0)
     assert st_["delta_std"] == pytest.approx(math.sqrt(2 / 3))
     assert st_["w_mean"] == pytest.approx(1.0)
-    assert st_["clip_frac"] == 0.0
+    assert st_["w_clip_frac"] == 0.0
 
 
 def test_worked_negative_advantage_flips_weight():
@@ -42,12 +42,12 @@ def test_worked_step_mean_budget():
     assert st_["w_mean"] == pytest.approx(1.0)
 
 
-def test_clip_and_clip_frac():
+def test_clip_and_w_clip_frac():
     # delta 5 -> 2 sigmoid(5) = 1.986614 -> clipped to 1.05; A^ = 1 + 0.2 * 0.05 = 1.01
     adv_hat, st_ = _call([[1.0, 1.0]], [[0.0, 0.0]], [[5.0, 0.0]], [[True, True]], [[0, 1]],
                          lam=0.2, alpha=0.05, credit_budget="none")
     torch.testing.assert_close(adv_hat, torch.tensor([[1.01, 1.0]]))
-    assert st_["clip_frac"] == 0.5
+    assert st_["w_clip_frac"] == 0.5
 
 
 def test_zero_advantage_weight_one():
@@ -120,7 +120,7 @@ def test_properties(b, lam, alpha, budget):
     assert bool(((adv_hat - adv).abs() <= lam * alpha * adv.abs() + 1e-5).all())
     # off-mask unchanged
     assert torch.equal(adv_hat[~mask], adv[~mask])
-    assert 0.0 <= st_["clip_frac"] <= 1.0
+    assert 0.0 <= st_["w_clip_frac"] <= 1.0
 
 
 @settings(max_examples=60, deadline=None)

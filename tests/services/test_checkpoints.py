@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from actors.state_io import StateFormatError, pack, unpack
-from learner.batch import ScoreStats
+from learner.batch import RolloutStats, ScoreStats, UpdateStats
 from services.config import ConfigError
 from services.rundir import CheckpointError, RunDir
 from services.train import train
@@ -81,6 +81,16 @@ def test_pack_roundtrip_keeps_types_and_shares_tensors():
     back = unpack(tensors, json.loads(json.dumps(skel)))
     assert torch.equal(back["a"][0], t) and back["a"][1] == (1, "x") and torch.equal(back["b"][3], t)
     assert back["s"] == ScoreStats(delta_std=0.5)
+
+
+def test_unpack_reads_stats_written_before_a_field_rename():
+    # ScoreStats.clip_frac became w_clip_frac: a checkpoint written before still resumes
+    _, skel = pack(ScoreStats(w_clip_frac=0.25))
+    fields = skel["fields"]
+    fields["clip_frac"] = fields.pop("w_clip_frac")
+    assert unpack({}, json.loads(json.dumps(skel))) == ScoreStats(w_clip_frac=0.25)
+    u = UpdateStats(loss=0.5, entropy=None)
+    assert unpack(*pack({"u": u, "r": RolloutStats(env_errors=2.0)})) == {"u": u, "r": RolloutStats(env_errors=2.0)}
 
 
 def test_failed_save_leaves_the_previous_checkpoint(tmp_path, monkeypatch):

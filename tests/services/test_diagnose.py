@@ -152,3 +152,29 @@ def test_search_make_cases_and_localize(tmp_path, capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     assert CREDIT.match(lines[-2]) and LAST.match(lines[-1])
     assert lines[-1].endswith(")") and "/4 " in lines[-1]
+
+
+@pytest.mark.parametrize("text,first", [("</think><search>In which country</search>", "In"),
+                                        ("</think> <action>examine desk 1</action>", "ex")])
+def test_first_content_mask_skips_the_tag(text, first):
+    """`--reduce first` reads Δ at the action's first word piece, after its tag -- also when BPE put the tag's
+    "<" into the reasoning's last token ("><")."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from actors.models import load_tokenizer, resolve_model
+    from learner import roles
+    from services.config import ModelConfig
+    from services.diagnose import first_content_mask
+
+    tok = load_tokenizer(resolve_model(ModelConfig(path="builtin:tiny-qwen2")))
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    pieces = [tok.decode([i]) for i in ids]
+    start = next(n for n, p in enumerate(pieces) if "search" in p or "action" in p)  # the span as the protocol tags it
+    role = torch.tensor([[roles.REASONING] * start + [roles.ACTION] * (len(ids) - start)])
+    batch = SimpleNamespace(input_ids=torch.tensor([ids]), span_roles=role, step_ids=torch.zeros_like(role),
+                            batch_size=1)
+    mask = first_content_mask(batch, tok)
+    assert int(mask.sum()) == 1
+    assert pieces[int(mask[0].nonzero()[0])].strip().startswith(first)

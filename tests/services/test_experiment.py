@@ -34,12 +34,12 @@ def test_alpha_table_means_over_probes_and_clipping_bounds_the_shaping(tmp_path:
     # lam 1, budget none: A^ = w = 2 sigmoid(delta) clipped to [1 - alpha, 1 + alpha] on token 1, 1 on token 2
     # alpha 0.05: both probes clip to 1.05 -> A^ - A = [0.05, 0] -> population var 0.000625
     assert rows[0]["shaping_var"] == pytest.approx(0.000625, abs=1e-7)
-    assert rows[0]["clip_frac"] == pytest.approx(0.5)
+    assert rows[0]["w_clip_frac"] == pytest.approx(0.5)
     # alpha 0.9: w = 1.761594 (delta 2, unclipped) and 2 sigmoid(4) = 1.964028 -> clipped to 1.9;
     # var of [w - 1, 0] = ((w - 1) / 2)^2
     want = ((0.761594 / 2) ** 2 + (0.9 / 2) ** 2) / 2
     assert rows[1]["shaping_var"] == pytest.approx(want, abs=1e-5)
-    assert rows[1]["clip_frac"] == pytest.approx(0.25)
+    assert rows[1]["w_clip_frac"] == pytest.approx(0.25)
     assert rows[1]["shaping_var"] > rows[0]["shaping_var"]
     assert rows[0]["adv_var"] == rows[1]["adv_var"] == 0.0  # A is constant on the trained tokens
     assert report.alpha_table([tmp_path / "missing"], [0.1]) == []
@@ -65,10 +65,10 @@ def _saved_run(tmp_path: Path, monkeypatch, final_hf: bool) -> tuple[Any, Path, 
 
 def test_run_one_reuses_a_saved_result_only_for_the_same_config(tmp_path: Path, monkeypatch) -> None:
     cfg, run_dir, saved = _saved_run(tmp_path, monkeypatch, final_hf=False)
-    assert experiment.run_one(cfg, "grpo", tmp_path, 4) == saved
+    assert experiment.run_one(cfg, "grpo", 4) == saved
     other = load_config(None, ["env.name=scripted", f"run.dir={run_dir}", "learner.lr=0.5"])
     with pytest.raises(RuntimeError, match="trained again"):
-        experiment.run_one(other, "grpo", tmp_path, 4)
+        experiment.run_one(other, "grpo", 4)
 
 
 def test_unknown_arm_is_named(tmp_path: Path) -> None:
@@ -85,7 +85,7 @@ def test_run_isolated_names_the_failed_run_and_keeps_nothing_half_done(tmp_path:
 
     # bad input met in the run's child process comes back as itself (one line, exit 2 in the CLI), naming the run
     with pytest.raises(InputError) as ei:
-        experiment.run_isolated(cfg, "opd", tmp_path, 1)
+        experiment.run_isolated(cfg, "opd", 1)
     assert str(ei.value).startswith(f"experiment run {tmp_path / 'opd_s1'}: model.path = {tmp_path / 'no-such-model'}: "
                                     "no such directory")
     assert not (tmp_path / "opd_s1" / "result.json").exists()
@@ -310,7 +310,7 @@ def test_experiment_writes_the_report_after_each_run_and_when_a_run_fails(tmp_pa
     monkeypatch.setattr(experiment, "warm_start_eval", lambda cfg, path, n, out: _ev([1, 0, 0, 0], TYPES))
     done = []
 
-    def fake_run(cfg, arm, base_path, n_eval, keep):
+    def fake_run(cfg, arm, n_eval, keep):
         if (arm, cfg.run.seed) == ("stepopsd_local", 1):
             raise RuntimeError("experiment run stepopsd_local_s1 failed")
         res = {**_res([1, 1, 1, 1] if arm != "grpo" else [1, 0, 1, 0], fp=experiment._fingerprint(cfg)),
@@ -359,11 +359,11 @@ def test_heldout_outcomes_come_from_the_evaluation_transcripts(tmp_path: Path, m
 def test_run_one_evaluates_again_a_saved_result_without_outcomes(tmp_path: Path, monkeypatch) -> None:
     cfg, run_dir, saved = _saved_run(tmp_path, monkeypatch, final_hf=True)
     monkeypatch.setattr(experiment, "evaluate_heldout", lambda cfg, path, n, tr: {**_ev([1, 0, 1, 0], TYPES), "n": n})
-    res = experiment.run_one(cfg, "grpo", tmp_path, 4)
+    res = experiment.run_one(cfg, "grpo", 4)
     assert res["eval"]["n"] == 4 and len(res["eval"]["episode_outcomes"]) == 4 and res["train_seconds"] == 1.0
     assert json.loads((run_dir / "result.json").read_text()) == res
     # and run_isolated takes a result with outcomes as it is (no child process)
-    assert experiment.run_isolated(cfg, "grpo", tmp_path, 4) == res
+    assert experiment.run_isolated(cfg, "grpo", 4) == res
 
 
 

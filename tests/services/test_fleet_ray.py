@@ -56,8 +56,8 @@ def test_learner_group_gloo_equals_single_learner(ray_session, tmp_path):
         want = single.update(scored)
         got = gather(group, [h.update(ref) for h in group])
         for g in got:
-            assert g["loss"] == pytest.approx(want["loss"], abs=1e-6)
-            assert g["grad_norm"] == pytest.approx(want["grad_norm"], rel=1e-4)
+            assert g.loss == pytest.approx(want.loss, abs=1e-6)
+            assert g.grad_norm == pytest.approx(want.grad_norm, rel=1e-4)
     w1 = single.publish().state_dict
     for h in group:  # both replicas hold the single learner's weights
         w2 = h.get(h.publish()).state_dict

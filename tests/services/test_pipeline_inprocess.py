@@ -9,7 +9,8 @@ import torch
 from safetensors.torch import load_file
 
 from services.config import load_config
-from services.train import Trainer, tasks_for_batch, train
+from services.sync_loop import sync_loop
+from services.train import Trainer, train
 
 BASE = [
     "env.name=scripted", "model.path=builtin:tiny-qwen2", "model.torch_threads=1", "model.max_context=512",
@@ -29,42 +30,10 @@ def _final_weights(run_dir, step):
     return load_file(str(run_dir / "checkpoints" / f"step_{step}" / "model.safetensors"))
 
 
-def _plain_sync_loop(cfg, steps):
-    """The synchronous algorithm written out with the plain classes (no driver)."""
-    from actors.workers import EnvPoolWorker, LearnerWorker, RolloutWorker, TeacherWorker
-    from learner.schedules import build_schedule
-
-    cfg.run.dir and __import__("pathlib").Path(cfg.run.dir).mkdir(parents=True, exist_ok=True)
-
-    from actors.handle import Handle
-    from actors.models import resolve_model
-    from services.wiring import env_spec, scoring_options
-
-    mp = str(resolve_model(cfg.model))
-    spec = env_spec(cfg)
-    env = Handle(EnvPoolWorker(spec, cfg.batch_size), EnvPoolWorker)
-    rw = RolloutWorker(cfg.model, cfg.rollout, cfg.run.seed, spec, [env], mp)
-    tw = TeacherWorker(cfg.model, cfg.rollout, cfg.run.seed, spec, scoring_options(cfg),
-                       str(cfg.run.dir) + "/snap.safetensors", mp)
-    lw = LearnerWorker(cfg.model, cfg.learner, cfg.run.seed, mp)
-    sched = build_schedule("constant", lambda_mix=cfg.stepopsd.lambda_mix, alpha_clip=cfg.stepopsd.alpha_clip)
-    tasks = rw.task_ids()
-    for n in range(steps):
-        traj, _ = rw.run(tasks_for_batch(tasks, n, cfg.rollout.tasks_per_step, cfg.run.seed), n)
-        lam, alpha = sched.current(n)
-        scored, _ = tw.score(traj, lam, alpha)
-        lw.update(scored)
-        packet = lw.publish()
-        rw.load_weights(packet)
-        if (n + 1) % cfg.stepopsd.teacher_refresh_every == 0:
-            tw.refresh(packet)
-    return {k: v.clone() for k, v in lw.learner.model.state_dict().items()}
-
-
 def test_staleness0_equals_plain_sync_loop(tmp_path):
     cfg = _cfg(tmp_path, "pipe", "run.steps=3", "pipeline.max_staleness=0")
     run_dir = Trainer(cfg).run()
-    ref = _plain_sync_loop(_cfg(tmp_path, "plain", "run.steps=3"), 3)
+    ref = sync_loop(_cfg(tmp_path, "plain", "run.steps=3"), 3)  # the algorithm, services/sync_loop.py
     got = _final_weights(run_dir, 3)
     for k in ref:
         torch.testing.assert_close(got[k], ref[k], rtol=0, atol=0)
