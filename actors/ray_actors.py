@@ -19,7 +19,18 @@ from typing import Any, TypeVar
 from actors.handle import Handle
 
 W = TypeVar("W")
-ACTOR_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
+ACTOR_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "TOKENIZERS_PARALLELISM": "false"}
+# The user's own hub settings, passed on as the driver has them (never forced: a node is offline only when the user
+# said so). Actors get model paths the driver resolved (actors/models.resolve_model), so they need no hub anyway.
+USER_ENV = ("HF_HUB_OFFLINE",)
+
+
+def actor_env() -> dict[str, str]:
+    """The environment variables every actor gets: ACTOR_ENV plus the driver's values of USER_ENV, where set
+    (actors on other nodes do not share the driver's environment)."""
+    import os
+
+    return {**ACTOR_ENV, **{k: os.environ[k] for k in USER_ENV if k in os.environ}}
 
 
 def remote_worker(cls: type[W], args: tuple[Any, ...], *, num_cpus: float, num_gpus: float = 0.0,
@@ -29,7 +40,7 @@ def remote_worker(cls: type[W], args: tuple[Any, ...], *, num_cpus: float, num_g
     import ray
 
     opts: dict[str, Any] = {"num_cpus": num_cpus, "num_gpus": num_gpus,
-                            "runtime_env": {"env_vars": dict(ACTOR_ENV)}}
+                            "runtime_env": {"env_vars": actor_env()}}
     if resources:
         opts["resources"] = resources
     if restartable:

@@ -77,7 +77,7 @@ class RolloutWorker(WorkerBase):
         self.seed, self.group_size = seed, rollout.group_size
         self.engine = build_engine(rollout.engine, model_path, dtype=model.dtype, torch_threads=model.torch_threads,
                                    seed=seed, max_context=model.max_context,
-                                   sync_tolerance=rollout.weight_sync_tolerance, **engine_options(model, rollout))
+                                   sync_tolerance=rollout.sync_tolerance(model.dtype), **engine_options(model, rollout))
         self.pool = ShardedPool(env_shards, protocol_for(env))
         s = rollout.sampling
         self.rollout = MultiTurnRollout(self.engine, self.pool, max_turns=rollout.max_turns,
@@ -177,17 +177,28 @@ class TeacherWorker(WorkerBase):
 
         torch.set_num_threads(model.torch_threads)
         self.scoring = scoring.validate()
-        self.snapshot_path = Path(snapshot_path)
+        self.snapshot_path = node_snapshot_path(snapshot_path)
+        if self.snapshot_path != Path(snapshot_path) and not _reconstructed():
+            # a node-local copy left by an earlier run of this run dir: the driver that built this teacher sends
+            # the snapshot in force itself (restore_snapshot on resume; none on a fresh run)
+            self.snapshot_path.unlink(missing_ok=True)
         self.index = index
         self.device = engine_device(model, engine_kind)
         # the teacher context adds a hindsight block to the prompt: twice the student's context budget
         engine = build_engine(engine_kind, model_path, dtype=model.dtype, torch_threads=model.torch_threads,
                               seed=seed, max_context=model.max_context * 2,
-                              sync_tolerance=rollout.weight_sync_tolerance,
+                              sync_tolerance=rollout.sync_tolerance(model.dtype),
                               **engine_options(model, rollout.model_copy(update={"engine": engine_kind})))
         self.scorer = TeacherScorer(engine, protocol=protocol_for(env), context=scoring.hindsight_context)
         if self.snapshot_path.exists():
             self._load_snapshot()
+        elif _reconstructed() and _snapshot_version_recorded(snapshot_path) > 0:
+            # Ray restarted this actor on a node that does not hold the fleet's snapshot: starting from the base
+            # weights would score with the wrong teacher. Dying makes the driver rebuild the fleet from its last
+            # checkpoint, whose snapshot it sends (restore_snapshot).
+            raise RuntimeError(f"teacher {index} restarted without its snapshot ({self.snapshot_path} is not on "
+                               "this node); the driver recovers the fleet from the last checkpoint")
+        self._key = snapshot_path
 
     def _load_snapshot(self) -> None:
         from safetensors.torch import load_file
@@ -211,6 +222,7 @@ class TeacherWorker(WorkerBase):
         sd["__version__"] = torch.tensor([packet.version])
         save_file(sd, str(tmp))
         os.replace(tmp, self.snapshot_path)
+        _record_snapshot_version(self._key, packet.version)
         return info
 
     def snapshot_state(self) -> tuple[int, dict[str, torch.Tensor]] | None:
@@ -294,6 +306,60 @@ class TeacherWorker(WorkerBase):
                              teacher_version=self.scorer.version, seconds=spent + time.perf_counter() - t0,
                              step_contrast=contrast, contrast_sequences=n_contrast)
         return scored, scored.stats
+
+
+def node_snapshot_path(snapshot_path: str) -> Path:
+    """Where a teacher persists the fleet's snapshot on its node: the driver's run-dir path when this node sees
+    that directory (the same node, or a shared filesystem), else a node-local directory named after it (a
+    teacher on another node: the driver's directory does not exist there). Checkpoints never read this file
+    from the driver's disk: the driver fetches the snapshot from teacher 0 (`snapshot_state`)."""
+    import hashlib
+    import tempfile
+
+    p = Path(snapshot_path)
+    if p.parent.is_dir():
+        return p
+    key = hashlib.sha1(str(p).encode()).hexdigest()[:12]
+    local = Path(tempfile.gettempdir()) / "stepopsd-teacher" / key / p.name
+    local.parent.mkdir(parents=True, exist_ok=True)
+    return local
+
+
+def _reconstructed() -> bool:
+    """This process is a Ray actor that Ray restarted (its __init__ re-run after a death), not one the driver
+    built (a fresh run, a resume, or the driver's own recovery)."""
+    try:
+        import ray
+
+        return bool(ray.is_initialized() and ray.get_runtime_context().was_current_actor_reconstructed)
+    except Exception:  # noqa: BLE001 -- not inside a Ray actor
+        return False
+
+
+def _snapshot_version_recorded(key: str) -> int:
+    """The snapshot version teacher 0 recorded in Ray's cluster KV store for this run (0: none, or no Ray)."""
+    try:
+        import ray
+        from ray.experimental import internal_kv
+
+        if not ray.is_initialized():
+            return 0
+        got = internal_kv._internal_kv_get(f"stepopsd/teacher_snapshot/{key}")
+        return int(got) if got else 0
+    except Exception:  # noqa: BLE001 -- no Ray here
+        return 0
+
+
+def _record_snapshot_version(key: str, version: int) -> None:
+    """Teacher 0 after persisting a snapshot: its version, visible from every node (a few bytes in the GCS)."""
+    try:
+        import ray
+        from ray.experimental import internal_kv
+
+        if ray.is_initialized():
+            internal_kv._internal_kv_put(f"stepopsd/teacher_snapshot/{key}", str(version).encode(), overwrite=True)
+    except Exception:  # noqa: BLE001 -- no Ray here: nothing restarts this teacher behind the driver's back
+        pass
 
 
 def _joined(parts: list[Any]) -> Any:

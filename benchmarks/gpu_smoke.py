@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     dtype = torch.bfloat16  # engines hold bf16 weights; the learner computes under bf16 autocast (CPU too)
     from transformers import AutoTokenizer, Qwen2ForCausalLM
 
-    from actors.engines.base import probe_ids, published_probe
+    from actors.engines.base import probe_ids
     from actors.engines.hf import HFEngine
     from actors.models import build_tiny_qwen2
     from actors.rollout import MultiTurnRollout
@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         l_s, l_tok = time.perf_counter() - t, float(traj.attention_mask.sum())
         t = time.perf_counter()
         sd = learner.get_weights(dtype)
-        info = rollout_engine.load_weights(sd, step + 1, published_probe(policy, sd, probe))
+        info = rollout_engine.load_weights(sd, step + 1, learner.probe_logp(probe, dtype))  # live model, cast
         sync_s = time.perf_counter() - t
         max_diff = max(max_diff, info["max_abs_diff"])
         mfu = 6 * n_params * l_tok / l_s / (peak * 1e12) if peak else None

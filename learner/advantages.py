@@ -20,7 +20,9 @@ def _group_stats(rewards: torch.Tensor, group_ids: torch.Tensor) -> tuple[torch.
     rewards: (B,) float; group_ids: (B,) long. Returns (mean (B,), std (B,)); std is 0 for singleton groups.
     """
     if rewards.shape != group_ids.shape or rewards.dim() != 1:
-        raise ValueError(f"rewards {tuple(rewards.shape)} and group_ids {tuple(group_ids.shape)} must be equal (B,)")
+        raise ValueError(
+            f"rewards {tuple(rewards.shape)} and group_ids {tuple(group_ids.shape)} must be equal (B,)"
+        )
     uniq, inv = torch.unique(group_ids, return_inverse=True)
     n_groups = uniq.numel()
     r = rewards.to(torch.float64)
@@ -49,5 +51,7 @@ def grpo_no_std_advantage(rewards: torch.Tensor, group_ids: torch.Tensor, eps: f
 def broadcast_to_tokens(adv: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
     """(B,) sequence advantages, (B, T) bool mask of trained tokens -> (B, T) advantages, 0 off the mask."""
     if adv.dim() != 1 or token_mask.dim() != 2 or token_mask.shape[0] != adv.shape[0]:
-        raise ValueError(f"adv {tuple(adv.shape)} must be (B,) and token_mask {tuple(token_mask.shape)} (B, T)")
+        raise ValueError(
+            f"adv {tuple(adv.shape)} must be (B,) and token_mask {tuple(token_mask.shape)} (B, T)"
+        )
     return adv[:, None] * token_mask.to(adv.dtype)

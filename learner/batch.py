@@ -26,7 +26,9 @@ class TrajectoryBatch:
     input_ids: torch.Tensor  # (B, T) long, token ids, right-padded
     span_roles: torch.Tensor  # (B, T) long, learner.roles values (PAD on padding)
     step_ids: torch.Tensor  # (B, T) long, model-turn index of generated tokens, -1 elsewhere
-    behaviour_logp: torch.Tensor  # (B, T) float32, log p of each generated token under the sampling policy; 0 elsewhere
+    behaviour_logp: (
+        torch.Tensor
+    )  # (B, T) float32, log p of each generated token under the sampling policy; 0 elsewhere
     rewards: torch.Tensor  # (B,) float32, terminal reward
     success: torch.Tensor  # (B,) bool, episode won / answer correct
     group_ids: torch.Tensor  # (B,) long, GRPO group (same task) id, unique within the batch
@@ -37,14 +39,22 @@ class TrajectoryBatch:
     tool_calls: torch.Tensor  # (B,) long, env tool calls (searches; ALFWorld: valid actions)
     task_ids: list[str]  # (B,) task identifier (game path / question id)
     task_types: list[str]  # (B,) task type (ALFWorld type / dataset name) for per-type success
-    first_user_messages: list[str]  # (B,) text of the first user message (the teacher context builder rewrites it)
+    first_user_messages: list[
+        str
+    ]  # (B,) text of the first user message (the teacher context builder rewrites it)
     actions: list[list[str]]  # (B, turns) parsed action/query/answer text per turn ("" if invalid)
     policy_version: int  # learner version of the weights that generated the batch
     pad_id: int = 0
     episode_ids: list[str] = field(default_factory=list)  # (B,) unique episode ids (accounting: nothing lost)
-    observations: list[list[str]] = field(default_factory=list)  # (B, turns) env text after each turn ("" if none)
-    env_error: torch.Tensor | None = None  # (B,) bool, the env failed the episode (e.g. retrieval down): no advantage
-    turn_rewards: list[list[float]] = field(default_factory=list)  # (B, turns) env reward of each turn (sums to rewards)
+    observations: list[list[str]] = field(
+        default_factory=list
+    )  # (B, turns) env text after each turn ("" if none)
+    env_error: torch.Tensor | None = (
+        None  # (B,) bool, the env failed the episode (e.g. retrieval down): no advantage
+    )
+    turn_rewards: list[list[float]] = field(
+        default_factory=list
+    )  # (B, turns) env reward of each turn (sums to rewards)
 
     @property
     def batch_size(self) -> int:
@@ -66,33 +76,57 @@ class TrajectoryBatch:
         for name, dt in (("input_ids", torch.long), ("span_roles", torch.long), ("step_ids", torch.long)):
             t = getattr(self, name)
             if t.shape != (B, T) or t.dtype != dt:
-                raise ValueError(f"TrajectoryBatch.{name}: expected {dt} (B={B}, T={T}), got {t.dtype} {tuple(t.shape)}")
+                raise ValueError(
+                    f"TrajectoryBatch.{name}: expected {dt} (B={B}, T={T}), got {t.dtype} {tuple(t.shape)}"
+                )
         if self.behaviour_logp.shape != (B, T) or not self.behaviour_logp.is_floating_point():
-            raise ValueError(f"TrajectoryBatch.behaviour_logp: expected float (B={B}, T={T}), got {tuple(self.behaviour_logp.shape)}")
-        for name in ("rewards", "success", "group_ids", "lengths", "prompt_lengths", "num_turns",
-                     "invalid_actions", "tool_calls"):
+            raise ValueError(
+                f"TrajectoryBatch.behaviour_logp: expected float (B={B}, T={T}), got {tuple(self.behaviour_logp.shape)}"
+            )
+        for name in (
+            "rewards",
+            "success",
+            "group_ids",
+            "lengths",
+            "prompt_lengths",
+            "num_turns",
+            "invalid_actions",
+            "tool_calls",
+        ):
             t = getattr(self, name)
             if t.shape != (B,):
                 raise ValueError(f"TrajectoryBatch.{name}: expected shape ({B},), got {tuple(t.shape)}")
         for name in ("task_ids", "task_types", "first_user_messages", "actions"):
             if len(getattr(self, name)) != B:
-                raise ValueError(f"TrajectoryBatch.{name}: expected {B} entries, got {len(getattr(self, name))}")
-        if self.env_error is not None and (self.env_error.shape != (B,) or self.env_error.dtype != torch.bool):
-            raise ValueError(f"TrajectoryBatch.env_error: expected bool ({B},), got {self.env_error.dtype} "
-                             f"{tuple(self.env_error.shape)}")
+                raise ValueError(
+                    f"TrajectoryBatch.{name}: expected {B} entries, got {len(getattr(self, name))}"
+                )
+        if self.env_error is not None and (
+            self.env_error.shape != (B,) or self.env_error.dtype != torch.bool
+        ):
+            raise ValueError(
+                f"TrajectoryBatch.env_error: expected bool ({B},), got {self.env_error.dtype} "
+                f"{tuple(self.env_error.shape)}"
+            )
         for name in ("episode_ids", "observations", "turn_rewards"):
             if getattr(self, name) and len(getattr(self, name)) != B:
-                raise ValueError(f"TrajectoryBatch.{name}: expected {B} entries, got {len(getattr(self, name))}")
+                raise ValueError(
+                    f"TrajectoryBatch.{name}: expected {B} entries, got {len(getattr(self, name))}"
+                )
         if bool(((self.span_roles < 0) | (self.span_roles > roles.PAD)).any()):
             raise ValueError("TrajectoryBatch.span_roles: values outside learner.roles")
         gen = self.generated_mask
         if bool((self.step_ids[gen] < 0).any()):
             raise ValueError("TrajectoryBatch.step_ids: a generated token has step id -1")
-        if bool((self.behaviour_logp[gen] > 1e-4).any()) or not bool(torch.isfinite(self.behaviour_logp[gen]).all()):
+        if bool((self.behaviour_logp[gen] > 1e-4).any()) or not bool(
+            torch.isfinite(self.behaviour_logp[gen]).all()
+        ):
             raise ValueError("TrajectoryBatch.behaviour_logp: generated log-probs must be finite and <= 0")
         real = self.attention_mask.sum(-1)
         if not torch.equal(real, self.lengths):
-            raise ValueError(f"TrajectoryBatch.lengths {self.lengths.tolist()} != non-pad counts {real.tolist()}")
+            raise ValueError(
+                f"TrajectoryBatch.lengths {self.lengths.tolist()} != non-pad counts {real.tolist()}"
+            )
         return self
 
     @staticmethod
@@ -100,16 +134,30 @@ class TrajectoryBatch:
         """Rows of several batches as one, right-padded to the longest (pad ids from the first batch; pads get
         role PAD, step -1, log-prob 0). The policy version is the oldest of them."""
         T = max(b.input_ids.shape[1] for b in batches)
-        pad_value = {"input_ids": batches[0].pad_id, "span_roles": roles.PAD, "step_ids": -1, "behaviour_logp": 0.0}
+        pad_value = {
+            "input_ids": batches[0].pad_id,
+            "span_roles": roles.PAD,
+            "step_ids": -1,
+            "behaviour_logp": 0.0,
+        }
         out: dict[str, Any] = {}
         for f in fields(TrajectoryBatch):
             vals = [getattr(b, f.name) for b in batches]
             if f.name == "env_error":
-                out[f.name] = (None if all(v is None for v in vals) else torch.cat(
-                    [v if v is not None else torch.zeros(b.batch_size, dtype=torch.bool) for v, b in zip(vals, batches)]))
+                out[f.name] = (
+                    None
+                    if all(v is None for v in vals)
+                    else torch.cat(
+                        [
+                            v if v is not None else torch.zeros(b.batch_size, dtype=torch.bool)
+                            for v, b in zip(vals, batches)
+                        ]
+                    )
+                )
             elif f.name in pad_value:
-                out[f.name] = torch.cat([torch.nn.functional.pad(v, (0, T - v.shape[1]), value=pad_value[f.name])
-                                         for v in vals])
+                out[f.name] = torch.cat(
+                    [torch.nn.functional.pad(v, (0, T - v.shape[1]), value=pad_value[f.name]) for v in vals]
+                )
             elif isinstance(vals[0], torch.Tensor):
                 out[f.name] = torch.cat(vals)
             elif isinstance(vals[0], list):
@@ -152,9 +200,13 @@ class ScoreStats:
     shaped_tokens: float = 0.0  # tokens shaped (step filter AND teacher available)
     teacher_coverage: float = 0.0  # fraction of trajectories with a hindsight source
     no_teacher_count: float = 0.0  # trajectories without one (w = 1)
-    lowest_delta_step_share: float = 0.0  # failed trajectories with a teacher: share of |A^ - A| on their lowest-delta step
+    lowest_delta_step_share: float = (
+        0.0  # failed trajectories with a teacher: share of |A^ - A| on their lowest-delta step
+    )
     score_seconds: float = 0.0  # wall time of the scoring stage (teacher forward included)
-    contrast_sequences: float = 0.0  # step_score contrast: sibling actions the teacher scored (one sequence each)
+    contrast_sequences: float = (
+        0.0  # step_score contrast: sibling actions the teacher scored (one sequence each)
+    )
 
     def as_dict(self) -> dict[str, float]:
         return {k: float(v) for k, v in asdict(self).items()}
@@ -191,12 +243,18 @@ class RolloutStats:
     parallel), counts are summed, tokens/s is the fleet's. Each field's metadata says how it merges."""
 
     rollout_seconds: float = field(default=0.0, metadata={"merge": "max"})  # wall time of the whole rollout
-    generate_seconds: float = field(default=0.0, metadata={"merge": "max"})  # of it, inside the engine's generate
+    generate_seconds: float = field(
+        default=0.0, metadata={"merge": "max"}
+    )  # of it, inside the engine's generate
     env_seconds: float = field(default=0.0, metadata={"merge": "max"})  # of it, stepping the envs
     generated_tokens: float = field(default=0.0, metadata={"merge": "sum"})  # tokens the policy sampled
-    tokens_per_s: float = field(default=0.0, metadata={"merge": "rate"})  # generated_tokens / generate_seconds
+    tokens_per_s: float = field(
+        default=0.0, metadata={"merge": "rate"}
+    )  # generated_tokens / generate_seconds
     context_truncated: float = field(default=0.0, metadata={"merge": "sum"})  # episodes ended by max_context
-    env_errors: float = field(default=0.0, metadata={"merge": "sum"})  # episodes the env failed (no advantage)
+    env_errors: float = field(
+        default=0.0, metadata={"merge": "sum"}
+    )  # episodes the env failed (no advantage)
     env_restarts: float = field(default=0.0, metadata={"merge": "sum"})  # re-runs after an env shard died
 
     def as_dict(self) -> dict[str, float]:
@@ -227,7 +285,9 @@ class ScoredBatch:
 
     traj: TrajectoryBatch
     advantages: torch.Tensor  # (B, T) float32, GRPO advantage A broadcast to generated tokens, 0 elsewhere
-    shaped_advantages: torch.Tensor  # (B, T) float32, A^ (== advantages where not shaped; bit-equal when lam = 0)
+    shaped_advantages: (
+        torch.Tensor
+    )  # (B, T) float32, A^ (== advantages where not shaped; bit-equal when lam = 0)
     shape_mask: torch.Tensor  # (B, T) bool, tokens shaped (step filter AND teacher available)
     teacher_logp: torch.Tensor  # (B, T) float32, hindsight-teacher log-probs (0 where no teacher)
     has_teacher: torch.Tensor  # (B,) bool, trajectory had a hindsight source

@@ -118,7 +118,7 @@ def _contrast_slots(contrast: torch.Tensor, B: int, n_slots: int) -> torch.Tenso
         raise ValueError(f"step contrast must be (B={B}, S), got {tuple(contrast.shape)}")
     out = torch.zeros(B, n_slots, dtype=torch.float64, device=contrast.device)
     s = min(contrast.shape[1], n_slots - 1)
-    out[:, 1: 1 + s] = contrast[:, :s].to(torch.float64)
+    out[:, 1 : 1 + s] = contrast[:, :s].to(torch.float64)
     return out.reshape(-1)
 
 
@@ -200,8 +200,9 @@ def trajectory_mean_budget(w: torch.Tensor, inp: BudgetInputs) -> torch.Tensor:
 @CREDIT_BUDGETS.register("step_level")
 def step_level_budget(w: torch.Tensor, inp: BudgetInputs) -> torch.Tensor:
     """One weight per step from its score (`step_level_weights`); the per-token weights are not used."""
-    return step_level_weights(inp.delta, inp.adv, inp.shape_mask, inp.step_ids, inp.lo, inp.hi, inp.step_score,
-                              inp.step_contrast)
+    return step_level_weights(
+        inp.delta, inp.adv, inp.shape_mask, inp.step_ids, inp.lo, inp.hi, inp.step_score, inp.step_contrast
+    )
 
 
 @CREDIT_BUDGETS.register("none")

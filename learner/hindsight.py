@@ -10,7 +10,9 @@ from __future__ import annotations
 import torch
 
 
-def pick_hindsight_sources(group_ids: torch.Tensor, success: torch.Tensor, num_turns: torch.Tensor) -> torch.Tensor:
+def pick_hindsight_sources(
+    group_ids: torch.Tensor, success: torch.Tensor, num_turns: torch.Tensor
+) -> torch.Tensor:
     """(B,) long group ids, (B,) bool success, (B,) long turns -> (B,) long source index j, -1 if none.
 
     No success in the group, or i is the group's only success -> -1 (no teacher; w = 1).

@@ -33,6 +33,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.utils.checkpoint
 from torch import nn
 
 from learner.batch import ScoredBatch, UpdateStats
@@ -53,15 +54,43 @@ def autocast_context(device: torch.device, dtype: torch.dtype) -> Any:
     return contextlib.nullcontext()
 
 
-def token_logprobs(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                   mask: torch.Tensor | None = None) -> torch.Tensor:
+# (rows x positions) whose logits exist at once: the LM head runs on chunks of this many tokens, so the largest
+# logits tensor is LOGITS_CHUNK_TOKENS x V, not B x K x V. Peak of the log-prob/entropy step per chunk, forward
+# or backward: ~18 bytes x chunk x V (compute-dtype logits, their fp32 copy, the logsumexp / softmax
+# temporaries, the fp32 gradient) -- 1024 x 151,936 (Qwen2.5): ~2.8 GB, where the (B, K, V) path needed ~18
+# bytes x B x K x V (8 rows x 3.5k kept positions: ~77 GB).
+LOGITS_CHUNK_TOKENS = 1024
+
+# Model types whose causal-LM logits are exactly lm_head(decoder(...).last_hidden_state): no logit scaling or
+# soft-capping after the head (Gemma-2, Cohere, ... are not listed: their own forward computes the logits).
+_PLAIN_HEAD_TYPES = frozenset({"qwen2", "qwen3", "llama", "mistral"})
+
+
+def token_logprobs(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    *,
+    position_ids: torch.Tensor | None = None,
+    chunk_tokens: int | None = None,
+) -> torch.Tensor:
     """(B, T) ids, (B, T) bool mask -> (B, T) float32: out[:, t] = log p(ids[:, t] | ids[:, :t]); out[:, 0] = 0.
 
     `model(input_ids=..., attention_mask=...)` must return logits (B, T, V) or an object with `.logits`.
-    Uses logit - logsumexp(logits) on the gathered token to avoid a full (B, T, V) log-softmax copy. With
-    `mask` (B, T) bool, only the masked tokens' log-probs are needed (0 elsewhere): see `token_logprobs_entropy`.
+    Log-probs are logit - logsumexp(logits) of the gathered token, computed in chunks of `chunk_tokens`
+    (no (B, T, V) log-softmax or fp32 copy). With `mask` (B, T) bool, only the masked tokens' log-probs are
+    needed (0 elsewhere): see `token_logprobs_entropy`.
     """
-    return token_logprobs_entropy(model, input_ids, attention_mask, mask, entropy=False)[0]
+    return token_logprobs_entropy(
+        model,
+        input_ids,
+        attention_mask,
+        mask,
+        entropy=False,
+        position_ids=position_ids,
+        chunk_tokens=chunk_tokens,
+    )[0]
 
 
 def token_entropy(logits: torch.Tensor, chunk: int = 512) -> torch.Tensor:
@@ -70,9 +99,9 @@ def token_entropy(logits: torch.Tensor, chunk: int = 512) -> torch.Tensor:
     out = torch.empty(logits.shape[0], dtype=torch.float32, device=logits.device)
     with torch.no_grad():
         for i in range(0, logits.shape[0], chunk):
-            z = logits[i:i + chunk].float()  # (c, V)
+            z = logits[i : i + chunk].float()  # (c, V)
             lse = torch.logsumexp(z, dim=-1)  # (c,)
-            out[i:i + chunk] = lse - (torch.softmax(z, dim=-1) * z).sum(-1)
+            out[i : i + chunk] = lse - (torch.softmax(z, dim=-1) * z).sum(-1)
     return out
 
 
@@ -90,58 +119,231 @@ def _positions_kept(mask: torch.Tensor) -> torch.Tensor:
     return torch.nonzero(mask[:, 1:].any(0)).flatten()
 
 
-def token_logprobs_entropy(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                           mask: torch.Tensor | None, entropy: bool = True,
-                           lm_head_masked: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def lm_parts(model: nn.Module) -> tuple[nn.Module, nn.Module] | None:
+    """(decoder, lm_head) of an HF causal LM whose logits are lm_head(decoder(...).last_hidden_state) -- the
+    model types we run, PEFT-wrapped ones included (attribute lookups pass through the wrapper) -- else None."""
+    cfg = getattr(model, "config", None)
+    if getattr(cfg, "model_type", None) not in _PLAIN_HEAD_TYPES:
+        return None
+    get_decoder, get_head = getattr(model, "get_decoder", None), getattr(model, "get_output_embeddings", None)
+    if not (callable(get_decoder) and callable(get_head)):
+        return None
+    decoder, head = get_decoder(), get_head()
+    if not isinstance(decoder, nn.Module) or not isinstance(head, nn.Module) or decoder is model:
+        return None
+    return decoder, head
+
+
+def _chunk_logprobs(
+    h: torch.Tensor,
+    tgt: torch.Tensor,
+    head: nn.Module | None,
+    ent_sink: Callable[[torch.Tensor], None] | None,
+) -> torch.Tensor:
+    """(b, k, H) hidden states (or (b, k, V) logits when `head` is None), (b, k) targets -> (b, k) float32
+    log-probs of the targets. `ent_sink(z)` receives the chunk's detached fp32 logits (entropy)."""
+    z = (head(h) if head is not None else h).float()  # (b, k, V): the only vocabulary-wide tensors, one chunk
+    lp = z.gather(-1, tgt.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(z, dim=-1)  # (b, k)
+    if ent_sink is not None:
+        with torch.no_grad():
+            ent_sink(z.detach())
+    return lp
+
+
+def chunked_logprobs_entropy(
+    h: torch.Tensor,
+    tgt: torch.Tensor,
+    head: nn.Module | None,
+    sel: torch.Tensor | None = None,
+    chunk_tokens: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probs (b, k) float32 of targets `tgt` (b, k) under logits head(h) (h: (b, k, H); or h already the
+    logits (b, k, V) when `head` is None), and the entropy (b, k) float32 (no gradient) at `sel` (b, k) bool
+    (0 elsewhere; None: no entropy) -- without the (b, k, V) logits: positions go through the head in chunks of
+    `chunk_tokens` rows x positions (default LOGITS_CHUNK_TOKENS). When gradients are needed and there is more
+    than one chunk each chunk runs under activation checkpointing: only its input h is kept for the backward,
+    which recomputes the chunk's logits, so at most one chunk's vocabulary-wide tensors are alive, forward or
+    backward (the price: the head's matmul once more in the backward)."""
+    b, k = tgt.shape
+    chunk = max(1, (chunk_tokens or LOGITS_CHUNK_TOKENS) // max(b, 1))  # positions per chunk
+    ent = torch.zeros((b, k), dtype=torch.float32, device=h.device)
+    starts = list(range(0, k, chunk))
+    ckpt = torch.is_grad_enabled() and h.requires_grad and len(starts) > 1
+    out = []
+    for s in starts:
+        e = s + chunk
+        sink = None
+        if sel is not None and bool(sel[:, s:e].any()):
+            sel_c, done = sel[:, s:e], [False]
+
+            def sink(
+                z: torch.Tensor, s: int = s, e: int = e, sel_c: torch.Tensor = sel_c, done: list[bool] = done
+            ) -> None:
+                if not done[0]:  # not again when the checkpoint recomputes the chunk in the backward
+                    ent[:, s:e][sel_c] = token_entropy(z[sel_c])
+                    done[0] = True
+
+        if ckpt:
+            lp = torch.utils.checkpoint.checkpoint(
+                _chunk_logprobs,
+                h[:, s:e],
+                tgt[:, s:e],
+                head,
+                sink,
+                use_reentrant=False,
+                preserve_rng_state=False,
+            )
+        else:
+            lp = _chunk_logprobs(h[:, s:e], tgt[:, s:e], head, sink)
+        out.append(lp)
+    lp_all = torch.cat(out, dim=1) if out else torch.zeros((b, 0), dtype=torch.float32, device=h.device)
+    return lp_all, ent
+
+
+def token_logprobs_entropy(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    mask: torch.Tensor | None,
+    entropy: bool = True,
+    lm_head_masked: bool = True,
+    *,
+    position_ids: torch.Tensor | None = None,
+    chunk_tokens: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, T) log-probs as `token_logprobs` and (B, T) float32 policy entropy (out[:, t] = entropy of the
     distribution token t was drawn from; no gradient).
 
     With `mask` (B, T) bool (the tokens the loss reads), only the K positions that predict a masked token in
-    some row go through the LM head: the model is asked for `logits_to_keep` = those positions (HF causal LMs
-    take a 1-D index tensor), so the (B, T, V) logits of prompt and observation tokens are never made -- most
-    of a multi-turn sequence. Log-probs are then 0 at the tokens no row's mask needs (exact at the others) and
-    entropy is 0 off the mask. A model that ignores the argument (returns all T positions) is handled by
-    indexing, as is `lm_head_masked=False` (every position through the LM head, the same values: the
-    benchmark's baseline, benchmarks/learner_update.py). Without a mask every position is computed."""
+    some row go through the LM head, so the logits of prompt and observation tokens are never made -- most of a
+    multi-turn sequence. Log-probs are then 0 at the tokens no row's mask needs (exact at the others) and
+    entropy is 0 off the mask. `lm_head_masked=False` sends every position through the LM head (the same
+    values: the benchmark's baseline, benchmarks/learner_update.py). Without a mask every position is computed.
+
+    Memory: for the HF causal LMs of `lm_parts` the decoder's hidden states are taken and the LM head runs in
+    chunks of `chunk_tokens` (rows x positions; `chunked_logprobs_entropy`): no (B, K, V) logits in any dtype,
+    forward or backward. Other models (anything returning logits) give their logits -- asked for only the kept
+    positions via `logits_to_keep` when they take it -- and the fp32 log-softmax then runs in chunks: their
+    (B, K, V) logits exist once in the model's dtype, never in fp32. `position_ids` (B, T): for left padding."""
     B, T = input_ids.shape
     keep = _positions_kept(mask) if mask is not None else None
-    if keep is not None and 0 < len(keep) < T - 1:
-        kw = {"logits_to_keep": keep} if lm_head_masked and _takes_logits_to_keep(model) else {}
-        out = model(input_ids=input_ids, attention_mask=attention_mask.long(), **kw)
-        logits = out.logits if hasattr(out, "logits") else out
-        if logits.shape[1] == T:  # every position was computed
-            logits = logits[:, keep]
-    else:
+    masked = keep is not None and 0 < len(keep) < T - 1
+    if not masked:
         keep = torch.arange(T - 1, device=input_ids.device)
-        out = model(input_ids=input_ids, attention_mask=attention_mask.long())
-        logits = out.logits if hasattr(out, "logits") else out
-        logits = logits[:, :-1]
-    logits = logits.float()  # (B, K, V): position keep[k] predicts token keep[k] + 1
-    tgt = input_ids[:, keep + 1]  # (B, K)
-    picked = torch.gather(logits, -1, tgt.unsqueeze(-1)).squeeze(-1)  # (B, K)
-    lp_k = picked - torch.logsumexp(logits, dim=-1)  # (B, K)
-    lp = torch.zeros((B, T), dtype=lp_k.dtype, device=lp_k.device).index_copy(1, keep + 1, lp_k)  # (B, T)
-    ent = torch.zeros((B, T), dtype=torch.float32, device=lp_k.device)  # (B, T)
+    assert keep is not None
+    everywhere = masked and not lm_head_masked  # every position through the head, then the kept ones picked
+    all_pos = everywhere or not masked
+    pos = (
+        torch.arange(T - 1, device=input_ids.device) if everywhere else keep
+    )  # (P,) positions through the head
+    cut = slice(0, T - 1) if all_pos else pos  # a view when every position is taken, not an index copy
+    kw: dict[str, Any] = {} if position_ids is None else {"position_ids": position_ids}
+    parts = lm_parts(model)
+    head: nn.Module | None
+    if parts is not None:
+        decoder, head = parts
+        h = decoder(
+            input_ids=input_ids, attention_mask=attention_mask.long(), use_cache=False, **kw
+        ).last_hidden_state
+        h = h[:, cut]  # (B, P, H)
+    else:
+        head = None
+        if masked and lm_head_masked and _takes_logits_to_keep(model):
+            kw["logits_to_keep"] = keep
+        out = model(input_ids=input_ids, attention_mask=attention_mask.long(), **kw)
+        h = out.logits if hasattr(out, "logits") else out  # (B, T or K, V) in the model's dtype
+        if h.shape[1] == T:  # every position was computed
+            h = h[:, cut]
+    sel = None
     if entropy and mask is not None:
-        sel = mask[:, keep + 1].bool()  # (B, K) masked tokens among the kept positions
-        if bool(sel.any()):
-            ent_k = torch.zeros_like(lp_k, dtype=torch.float32).detach()
-            ent_k[sel] = token_entropy(logits.detach()[sel])
-            ent = ent.index_copy(1, keep + 1, ent_k)
+        sel = mask[:, pos + 1].bool()  # (B, P) masked tokens among the positions computed
+    lp_p, ent_p = chunked_logprobs_entropy(h, input_ids[:, pos + 1], head, sel, chunk_tokens)  # (B, P)
+    if everywhere:  # the same zeros off the kept positions as the masked path
+        lp_p, ent_p = lp_p[:, keep], ent_p[:, keep]
+    lp = torch.zeros((B, T), dtype=lp_p.dtype, device=lp_p.device).index_copy(1, keep + 1, lp_p)  # (B, T)
+    ent = torch.zeros((B, T), dtype=torch.float32, device=lp_p.device).index_copy(
+        1, keep + 1, ent_p
+    )  # (B, T)
     return lp, ent
+
+
+def make_adamw(
+    params: list[nn.Parameter], *, lr: float, weight_decay: float, device: torch.device
+) -> torch.optim.AdamW:
+    """AdamW; fused (one kernel for every parameter's update) when the model lives on a CUDA device. CPU keeps
+    torch's default implementation."""
+    kw: dict[str, Any] = {"fused": True} if device.type == "cuda" else {}
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, **kw)
+
+
+@contextlib.contextmanager
+def cast_weights_while_running(model: nn.Module, dtype: torch.dtype) -> Any:
+    """Run `model` (no gradient) as if its floating parameters and persistent buffers were cast to `dtype`:
+    each module's own are swapped for cast copies just before its forward and put back right after, so at
+    most one module's cast copies exist at a time (no state-dict copy, no host transfer)."""
+    saved: dict[int, tuple[dict[str, Any], dict[str, Any]]] = {}
+
+    def before(mod: nn.Module, args: Any) -> None:
+        params = {k: v for k, v in mod._parameters.items() if v is not None and v.is_floating_point()}
+        bufs = {
+            k: v
+            for k, v in mod._buffers.items()
+            if v is not None and v.is_floating_point() and k not in mod._non_persistent_buffers_set
+        }
+        saved[id(mod)] = (params, bufs)
+        for k, v in params.items():
+            mod._parameters[k] = v.detach().to(dtype)  # type: ignore[assignment]  # a plain tensor while it runs
+        for k, b in bufs.items():
+            mod._buffers[k] = b.to(dtype)
+
+    def after(mod: nn.Module, args: Any, out: Any) -> None:
+        params, bufs = saved.pop(id(mod))
+        mod._parameters.update(params)
+        mod._buffers.update(bufs)
+
+    handles = []
+    for mod in model.modules():
+        if any(True for _ in mod.parameters(recurse=False)) or any(True for _ in mod.buffers(recurse=False)):
+            handles += [mod.register_forward_pre_hook(before), mod.register_forward_hook(after)]
+    try:
+        with torch.no_grad():
+            yield model
+    finally:
+        for h in handles:
+            h.remove()
+        for mid, (params, bufs) in list(saved.items()):  # a forward that raised: put everything back
+            mod = next(m for m in model.modules() if id(m) == mid)
+            mod._parameters.update(params)
+            mod._buffers.update(bufs)
 
 
 AllReduce = Callable[[list[torch.Tensor]], None]  # sums each tensor over the data-parallel ranks, in place
 
 
 class Learner:
-    def __init__(self, model: nn.Module, *, lr: float, weight_decay: float = 0.0, ppo_clip: float = 0.2,
-                 ppo_clip_high: float | None = None, kl_coef: float = 0.0, aggregation: str = "token_mean",
-                 grad_clip: float = 1.0, micro_batch_size: int = 4, ppo_epochs: int = 1,
-                 ref_model: nn.Module | None = None, skip_zero_advantage: bool = True,
-                 device: torch.device | str = "cpu", compute_dtype: torch.dtype = torch.float32,
-                 dp_rank: int = 0, dp_world: int = 1, all_reduce: AllReduce | None = None,
-                 keep_logits: bool = True) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        lr: float,
+        weight_decay: float = 0.0,
+        ppo_clip: float = 0.2,
+        ppo_clip_high: float | None = None,
+        kl_coef: float = 0.0,
+        aggregation: str = "token_mean",
+        grad_clip: float = 1.0,
+        micro_batch_size: int = 4,
+        ppo_epochs: int = 1,
+        ref_model: nn.Module | None = None,
+        skip_zero_advantage: bool = True,
+        device: torch.device | str = "cpu",
+        compute_dtype: torch.dtype = torch.float32,
+        dp_rank: int = 0,
+        dp_world: int = 1,
+        all_reduce: AllReduce | None = None,
+        keep_logits: bool = True,
+        logits_chunk_tokens: int = LOGITS_CHUNK_TOKENS,
+    ) -> None:
         if kl_coef > 0 and ref_model is None:
             raise ValueError("kl_coef > 0 needs a ref_model")
         if dp_world > 1 and all_reduce is None:
@@ -155,12 +357,15 @@ class Learner:
         self.model = model
         self.ref_model = ref_model
         params = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+        self.optimizer = make_adamw(params, lr=lr, weight_decay=weight_decay, device=self.device)
         self.ppo_clip, self.ppo_clip_high, self.kl_coef = ppo_clip, ppo_clip_high, kl_coef
         self.aggregation, self.grad_clip = aggregation, grad_clip
         self.micro_batch_size, self.ppo_epochs = micro_batch_size, ppo_epochs
         self.skip_zero_advantage = skip_zero_advantage
-        self.keep_logits = keep_logits  # LM head only at the positions the loss reads (benchmarks turn it off)
+        self.keep_logits = (
+            keep_logits  # LM head only at the positions the loss reads (benchmarks turn it off)
+        )
+        self.logits_chunk_tokens = logits_chunk_tokens  # rows x positions whose logits exist at once
         self.version = 0
 
     def update(self, scored: ScoredBatch) -> UpdateStats:
@@ -181,7 +386,7 @@ class Learner:
         fwd = mask[rows]  # (n_train, T) generated tokens that are forwarded
         n_fwd_tok, n_fwd_rows = max(int(fwd.sum()), 1), max(len(rows), 1)
         n_forwarded = len(rows)
-        rows = rows[self.dp_rank::self.dp_world]  # this rank's share (all of them when not data parallel)
+        rows = rows[self.dp_rank :: self.dp_world]  # this rank's share (all of them when not data parallel)
         # loss/pg_loss are the full-batch values (skipped rows add exactly 0); the PPO diagnostics are means
         # over the forwarded rows (a zero-advantage row's ratio says nothing about the update)
         totals: dict[str, float] = {"loss": 0.0, "pg_loss": 0.0}
@@ -192,23 +397,42 @@ class Learner:
         for _ in range(self.ppo_epochs):
             self.optimizer.zero_grad(set_to_none=True)
             for s in range(0, len(rows), self.micro_batch_size):
-                sl = rows[s:s + self.micro_batch_size]  # (b,) row indices of this micro-batch
+                sl = rows[s : s + self.micro_batch_size]  # (b,) row indices of this micro-batch
                 m = mask[sl]
                 T_mb = int(attn[sl].sum(-1).max())  # trim right padding of this micro-batch
                 dev = self.device
                 ids, am, m = traj.input_ids[sl, :T_mb].to(dev), attn[sl, :T_mb].to(dev), m[:, :T_mb].to(dev)
                 with self._autocast():
-                    logp, ent = token_logprobs_entropy(self.model, ids, am, m, lm_head_masked=self.keep_logits)  # (b, T_mb)
+                    logp, ent = token_logprobs_entropy(
+                        self.model,
+                        ids,
+                        am,
+                        m,
+                        lm_head_masked=self.keep_logits,
+                        chunk_tokens=self.logits_chunk_tokens,
+                    )  # (b, T_mb)
                     ref = None
                     if self.kl_coef > 0 and self.ref_model is not None:
                         with torch.no_grad():
-                            ref = token_logprobs(self.ref_model, ids, am, m)
+                            ref = token_logprobs(
+                                self.ref_model, ids, am, m, chunk_tokens=self.logits_chunk_tokens
+                            )
                 loss, st = ppo_clip_loss(
-                    logp, traj.behaviour_logp[sl, :T_mb].to(dev), scored.shaped_advantages[sl, :T_mb].to(dev), m,
-                    clip_eps=self.ppo_clip, clip_eps_high=self.ppo_clip_high, aggregation=self.aggregation,
-                    ref_logp=ref, kl_coef=self.kl_coef)
-                st["entropy"] = float((ent * m).sum() / m.sum().clamp(min=1)) if tok else float(
-                    ((ent * m).sum(-1) / m.sum(-1).clamp(min=1)).mean())
+                    logp,
+                    traj.behaviour_logp[sl, :T_mb].to(dev),
+                    scored.shaped_advantages[sl, :T_mb].to(dev),
+                    m,
+                    clip_eps=self.ppo_clip,
+                    clip_eps_high=self.ppo_clip_high,
+                    aggregation=self.aggregation,
+                    ref_logp=ref,
+                    kl_coef=self.kl_coef,
+                )
+                st["entropy"] = (
+                    float((ent * m).sum() / m.sum().clamp(min=1))
+                    if tok
+                    else float(((ent * m).sum(-1) / m.sum(-1).clamp(min=1)).mean())
+                )
                 m_tok, m_rows = int(m.sum()), int(m.any(-1).sum())
                 scale = (m_tok / n_tok) if tok else (m_rows / n_rows)
                 (loss * scale).backward()
@@ -218,13 +442,20 @@ class Learner:
                 for k, v in st.items():
                     diag[k] = diag.get(k, 0.0) + v * d_scale
             for p in params:
-                if p.grad is None:  # nothing was forwarded: a zero gradient, same optimizer step as computing it
+                if (
+                    p.grad is None
+                ):  # nothing was forwarded: a zero gradient, same optimizer step as computing it
                     p.grad = torch.zeros_like(p)
             if self.dp_world > 1:
                 assert self.all_reduce is not None
-                self.all_reduce([p.grad for p in params if p.grad is not None])  # sum over ranks: the batch gradient
+                self.all_reduce(
+                    [p.grad for p in params if p.grad is not None]
+                )  # sum over ranks: the batch gradient
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, self.grad_clip))
             self.optimizer.step()
+            # free the gradients now (a model-sized buffer), not at the next update: the weight publication,
+            # probe and rollouts between updates run without them
+            self.optimizer.zero_grad(set_to_none=True)
         self.version += 1
         if self.dp_world > 1:  # the loss and diagnostics are sums over the ranks' shares too
             keys = list(totals | diag)
@@ -235,11 +466,19 @@ class Learner:
             totals, diag = {k: merged[k] for k in totals}, {k: merged[k] for k in diag}
         out = {k: v / self.ppo_epochs for k, v in (totals | diag).items()}
         return UpdateStats(
-            loss=out["loss"], pg_loss=out["pg_loss"], ppo_clip_frac=out["clip_frac"], approx_kl=out["approx_kl"],
+            loss=out["loss"],
+            pg_loss=out["pg_loss"],
+            ppo_clip_frac=out["clip_frac"],
+            approx_kl=out["approx_kl"],
             kl=out["kl"],
-            ratio_mean=out["ratio_mean"] if n_forwarded else 1.0,  # nothing forwarded: the policy is unchanged
+            ratio_mean=out["ratio_mean"]
+            if n_forwarded
+            else 1.0,  # nothing forwarded: the policy is unchanged
             entropy=out["entropy"] if n_forwarded else None,  # not measured when no token was forwarded
-            grad_norm=grad_norm, trained_tokens=float(n_tok), skipped_rows=float(skipped))
+            grad_norm=grad_norm,
+            trained_tokens=float(n_tok),
+            skipped_rows=float(skipped),
+        )
 
     def set_data_parallel(self, rank: int, world: int, all_reduce: AllReduce) -> None:
         """Become rank `rank` of `world` data-parallel replicas (see the module docstring)."""
@@ -262,12 +501,25 @@ class Learner:
         return out
 
     @torch.no_grad()
-    def probe_logp(self, probe_ids: list[int]) -> list[float]:
-        """Log-probs of a fixed probe sequence (tokens 1..n-1) used to verify weight loads elsewhere."""
+    def probe_logp(self, probe_ids: list[int], dtype: torch.dtype | None = None) -> list[float]:
+        """Log-probs of a fixed probe sequence (tokens 1..n-1) used to verify weight loads elsewhere, as an
+        engine holding the published weights computes them: with `dtype` (the engines' dtype) the weights are
+        the live fp32 master weights cast to it -- each module's own, cast as it runs and dropped after, so
+        there is no copy of the state dict and nothing moves between host and device (the same numbers as
+        running the model on `get_weights(dtype)`, actors/engines/base.published_probe)."""
         self.model.eval()
-        ids = torch.tensor([probe_ids], device=self.device)
-        lp = token_logprobs(self.model, ids, torch.ones_like(ids, dtype=torch.bool))
-        return [float(x) for x in lp[0, 1:]]
+        ids = torch.tensor([probe_ids], device=self.device)  # (1, n)
+        cast = dtype is not None and dtype != torch.float32
+        ctx = (
+            cast_weights_while_running(self.model, dtype)
+            if dtype is not None and cast
+            else contextlib.nullcontext()
+        )
+        with ctx:
+            out = self.model(input_ids=ids)
+        logits = out.logits if hasattr(out, "logits") else out  # (1, n, V); n is a few dozen tokens
+        lp = torch.log_softmax(logits.float()[0, :-1], dim=-1).gather(-1, ids[0, 1:, None]).squeeze(-1)
+        return [float(x) for x in lp]
 
     def state(self) -> dict[str, Any]:
         """Optimizer state + version (model weights are saved separately as safetensors)."""

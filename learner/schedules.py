@@ -51,8 +51,9 @@ class ConstantSchedule(Schedule):
 
 @SCHEDULES.register("linear_decay")
 class LinearDecaySchedule(Schedule):
-    def __init__(self, lambda_mix: float, alpha_clip: float, decay_start: int = 0, decay_end: int = 50,
-                 **kw: Any) -> None:
+    def __init__(
+        self, lambda_mix: float, alpha_clip: float, decay_start: int = 0, decay_end: int = 50, **kw: Any
+    ) -> None:
         super().__init__(lambda_mix, alpha_clip)
         if decay_end < decay_start:
             raise ValueError(f"decay_end ({decay_end}) must be >= decay_start ({decay_start})")
@@ -69,9 +70,19 @@ class LinearDecaySchedule(Schedule):
 
 @SCHEDULES.register("adaptive")
 class AdaptiveSchedule(Schedule):
-    def __init__(self, lambda_mix: float, alpha_clip: float, target_low: float = 0.5,
-                 target_high: float = 1.5, rate: float = 0.1, lam_min: float = 0.0, lam_max: float = 1.0,
-                 alpha_min: float = 0.01, alpha_max: float = 0.5, **kw: Any) -> None:
+    def __init__(
+        self,
+        lambda_mix: float,
+        alpha_clip: float,
+        target_low: float = 0.5,
+        target_high: float = 1.5,
+        rate: float = 0.1,
+        lam_min: float = 0.0,
+        lam_max: float = 1.0,
+        alpha_min: float = 0.01,
+        alpha_max: float = 0.5,
+        **kw: Any,
+    ) -> None:
         super().__init__(lambda_mix, alpha_clip)
         if target_high < target_low:
             raise ValueError(f"target_high ({target_high}) must be >= target_low ({target_low})")

@@ -55,8 +55,10 @@ class ScoringOptions:
         if self.step_score not in STEP_SCORES:
             raise ValueError(f"step_score must be one of {STEP_SCORES}, got {self.step_score!r}")
         if self.step_score == "contrast" and self.step_filter == "all_generated":
-            raise ValueError("step_score 'contrast' compares the actions of aligned steps; step_filter "
-                             "'all_generated' (OPD) has no steps")
+            raise ValueError(
+                "step_score 'contrast' compares the actions of aligned steps; step_filter "
+                "'all_generated' (OPD) has no steps"
+            )
         return self
 
 
@@ -70,10 +72,19 @@ def needs_teacher(sources: torch.Tensor, opts: ScoringOptions) -> bool:
     return opts.enabled and bool((sources >= 0).any())
 
 
-def score_batch(traj: TrajectoryBatch, teacher_logp: torch.Tensor | None, sources: torch.Tensor, *,
-                opts: ScoringOptions, lam: float, alpha: float, teacher_version: int,
-                seconds: float = 0.0, step_contrast: torch.Tensor | None = None,
-                contrast_sequences: int = 0) -> ScoredBatch:
+def score_batch(
+    traj: TrajectoryBatch,
+    teacher_logp: torch.Tensor | None,
+    sources: torch.Tensor,
+    *,
+    opts: ScoringOptions,
+    lam: float,
+    alpha: float,
+    teacher_version: int,
+    seconds: float = 0.0,
+    step_contrast: torch.Tensor | None = None,
+    contrast_sequences: int = 0,
+) -> ScoredBatch:
     """Compose the stage from tensors.
 
     Args:
@@ -107,18 +118,35 @@ def score_batch(traj: TrajectoryBatch, teacher_logp: torch.Tensor | None, source
         shape_mask = torch.zeros_like(gen)  # (B, T): nothing shaped
     else:
         t_logp = teacher_logp
-        shape_mask = STEP_FILTERS.get(opts.step_filter)(traj.span_roles, traj.step_ids) & has_teacher[:, None] & gen
+        shape_mask = (
+            STEP_FILTERS.get(opts.step_filter)(traj.span_roles, traj.step_ids) & has_teacher[:, None] & gen
+        )
         if opts.step_score == "contrast" and step_contrast is None:
             raise ValueError("ScoringOptions.step_score 'contrast' needs step_contrast from the teacher")
     # OPD (all_generated) is the "monolithic string": one credit budget over the whole trajectory
     budget_steps = torch.where(gen, 0, -1) if opts.step_filter == "all_generated" else traj.step_ids  # (B, T)
-    adv_hat, shaped = shape_advantages(adv, traj.behaviour_logp, t_logp, shape_mask, budget_steps,
-                                       lam=lam, alpha=alpha, credit_budget=opts.credit_budget, token_mask=gen,
-                                       step_score=opts.step_score, step_contrast=step_contrast)
+    adv_hat, shaped = shape_advantages(
+        adv,
+        traj.behaviour_logp,
+        t_logp,
+        shape_mask,
+        budget_steps,
+        lam=lam,
+        alpha=alpha,
+        credit_budget=opts.credit_budget,
+        token_mask=gen,
+        step_score=opts.step_score,
+        step_contrast=step_contrast,
+    )
     # training-time localisation signal: where the reshaping lands in failed trajectories
     delta = torch.nan_to_num(t_logp - traj.behaviour_logp, nan=0.0, posinf=0.0, neginf=0.0)  # (B, T)
-    target = lowest_delta_step(delta, shape_mask, traj.step_ids, opts.step_score,
-                               step_contrast if step_contrast is not None else torch.zeros(traj.batch_size, 0))  # (B,)
+    target = lowest_delta_step(
+        delta,
+        shape_mask,
+        traj.step_ids,
+        opts.step_score,
+        step_contrast if step_contrast is not None else torch.zeros(traj.batch_size, 0),
+    )  # (B,)
     failed = has_teacher & ~traj.success  # (B,)
     stats = ScoreStats(
         **shaped,
@@ -129,6 +157,15 @@ def score_batch(traj: TrajectoryBatch, teacher_logp: torch.Tensor | None, source
         score_seconds=seconds + time.perf_counter() - t0,
         contrast_sequences=float(contrast_sequences),
     )
-    return ScoredBatch(traj=traj, advantages=adv, shaped_advantages=adv_hat, shape_mask=shape_mask,
-                       teacher_logp=t_logp, has_teacher=has_teacher, teacher_version=teacher_version,
-                       lam=lam, alpha=alpha, stats=stats).validate()
+    return ScoredBatch(
+        traj=traj,
+        advantages=adv,
+        shaped_advantages=adv_hat,
+        shape_mask=shape_mask,
+        teacher_logp=t_logp,
+        has_teacher=has_teacher,
+        teacher_version=teacher_version,
+        lam=lam,
+        alpha=alpha,
+        stats=stats,
+    ).validate()

@@ -104,8 +104,12 @@ def shape_advantages(
         raise ValueError(f"alpha must be in [0, 1), got {alpha}")
     if credit_budget not in CREDIT_BUDGETS:
         raise ValueError(f"credit_budget must be one of {CREDIT_BUDGETS.names()}, got {credit_budget!r}")
-    for name, t in (("logp_student", logp_student), ("logp_teacher", logp_teacher),
-                    ("shape_mask", shape_mask), ("step_ids", step_ids)):
+    for name, t in (
+        ("logp_student", logp_student),
+        ("logp_teacher", logp_teacher),
+        ("shape_mask", shape_mask),
+        ("step_ids", step_ids),
+    ):
         if t.shape != adv.shape:
             raise ValueError(f"{name} has shape {tuple(t.shape)}, expected {tuple(adv.shape)} like adv")
     if shape_mask.dtype != torch.bool:
@@ -121,8 +125,9 @@ def shape_advantages(
     w = (2.0 * torch.sigmoid(torch.sign(adv) * delta)).clamp(lo, hi)  # (B, T)
     w = torch.where(shape_mask, w, torch.ones_like(w))
     if bool(shape_mask.any()):
-        w = CREDIT_BUDGETS.get(credit_budget)(w, BudgetInputs(delta, adv, shape_mask, step_ids, lo, hi, step_score,
-                                                                step_contrast))
+        w = CREDIT_BUDGETS.get(credit_budget)(
+            w, BudgetInputs(delta, adv, shape_mask, step_ids, lo, hi, step_score, step_contrast)
+        )
 
     if lam == 0.0:
         adv_hat = adv.clone()  # lambda = 0 is plain GRPO, bit for bit

@@ -61,6 +61,7 @@ def raise_reported(name: str, info: dict[str, str]) -> None:
     """Raise, in the parent, the error a child reported (see the module docstring)."""
     from envs.base import InputError
     from services.config import ConfigError
+    from services.errors import add_note
 
     err: Exception
     if info["kind"] == "config":
@@ -69,7 +70,7 @@ def raise_reported(name: str, info: dict[str, str]) -> None:
         err = InputError(info["message"])
     else:
         err = ChildFailed(f"{name}: {info['type']}: {info['message']}")
-    err.add_note(f"in the child process {name}:\n{info['traceback'].rstrip()}")
+    add_note(err, f"in the child process {name}:\n{info['traceback'].rstrip()}")
     raise err
 
 

@@ -28,11 +28,20 @@ def bad_input_kind(e: BaseException) -> Literal["config", "input"] | None:
     return None
 
 
+def add_note(e: BaseException, note: str) -> None:
+    """`e.add_note(note)`; on Python 3.10 (no add_note) the same `__notes__` list, which 3.10's traceback does not
+    print but our messages and tests read."""
+    if hasattr(e, "add_note"):
+        e.add_note(note)
+    else:
+        e.__notes__ = [*getattr(e, "__notes__", []), note]
+
+
 def renamed(e: Exception, message: str) -> Exception:
     """An error of `e`'s class with `message`, keeping `e`'s notes (e.g. a child process's traceback)."""
     err = type(e)(message)
     for note in getattr(e, "__notes__", []):
-        err.add_note(note)
+        add_note(err, note)
     return err
 
 

@@ -22,22 +22,48 @@ from envs.base import EnvSpec
 from learner.scoring import ScoringOptions
 from services.config import ActorResources, Config
 
-_SERVICES: dict[tuple[str, str | None, str | None], tuple[str, Any]] = {}  # retrieval services started here
+# retrieval services started here (url, handle, the token its clients send), per (url, corpus, data)
+_SERVICES: dict[tuple[str, str | None, str | None], tuple[str, Any, str | None]] = {}
 _SIBLINGS: set[tuple[str, str | None, str | None]] = set()  # ... or shared with another driver that started it
 
 
 def retrieval_url(cfg: Config) -> str:
     """Where the Search-QA envs reach retrieval: `env.search.url`, or the local service started for it
     (kept for the life of this process; started once per (url, corpus, data))."""
+    return retrieval_endpoint(cfg)[0]
+
+
+def retrieval_endpoint(cfg: Config) -> tuple[str, str | None]:
+    """(url, token) the Search-QA env actors use. When they may run on other nodes (`retrieval_host`), the url
+    names this node's cluster IP, never loopback, and a service started here is bound to every interface and
+    requires a token: the user's (env.search.token / STEPOPSD_SEARCH_TOKEN), else one generated for this run
+    (it reaches the env actors in their EnvSpec)."""
     from envs.search.client import probe
     from services.search.launcher import ensure_service
 
     key = _service_key(cfg)
     if key not in _SERVICES:
-        _SERVICES[key] = url, handle = ensure_service(cfg.env.search, cfg.model.cache_dir)
+        host, token = retrieval_host(cfg), cfg.env.search.resolved_token()
+        if host is not None and token is None:
+            import secrets
+
+            token = secrets.token_urlsafe(24)  # the run's own: a service other machines reach is never open
+        url, handle = ensure_service(cfg.env.search, cfg.model.cache_dir, public_host=host, token=token)
+        _SERVICES[key] = (url, handle, token)
         if handle is None and (probe(url) or {}).get("managed"):
             _SIBLINGS.add(key)  # another driver's service, shared: restarted here if it goes (heal_retrieval)
-    return _SERVICES[key][0]
+    url, _, token = _SERVICES[key]
+    return url, token
+
+
+def retrieval_host(cfg: Config) -> str | None:
+    """This node's cluster IP when the run's env actors may land on another node -- Ray mode joining an existing
+    cluster (`pipeline.ray_address` / RAY_ADDRESS) -- else None (a local Ray or in-process: loopback reaches)."""
+    if cfg.pipeline.mode != "ray" or starts_local_ray(cfg):
+        return None
+    from actors.collective import node_ip
+
+    return node_ip()
 
 
 def _service_key(cfg: Config) -> tuple[str, str | None, str | None]:
@@ -56,7 +82,7 @@ def heal_retrieval(cfg: Config) -> str | None:
     sc, key = cfg.env.search, _service_key(cfg)
     if key not in _SERVICES or (_SERVICES[key][1] is None and (key not in _SIBLINGS or not sc.start_service)):
         return None
-    url, handle = _SERVICES[key]
+    url, handle, token = _SERVICES[key]
     if probe(url, min(sc.timeout_s, 2.0)) is not None:
         return None
     try:
@@ -64,8 +90,9 @@ def heal_retrieval(cfg: Config) -> str | None:
             handle.stop()
     except Exception:  # noqa: BLE001, S110 -- it is already dead
         pass
-    new_url, new_handle = ensure_service(sc.model_copy(update={"url": url}), cfg.model.cache_dir)
-    _SERVICES[key] = (new_url, new_handle)
+    new_url, new_handle = ensure_service(sc.model_copy(update={"url": url}), cfg.model.cache_dir,
+                                         public_host=retrieval_host(cfg), token=token)
+    _SERVICES[key] = (new_url, new_handle, token)
     return new_url
 
 
@@ -91,7 +118,7 @@ def stop_retrieval_services() -> None:
     """Stop the retrieval services this process started (tests; a driver's are daemon threads anyway)."""
     _SIBLINGS.clear()
     while _SERVICES:
-        _, handle = _SERVICES.popitem()[1]
+        _, handle, _ = _SERVICES.popitem()[1]
         if handle is not None:
             handle.stop()
 
@@ -106,10 +133,11 @@ def env_spec(cfg: Config, serve: bool = True) -> EnvSpec:
     if e.name == "search" and serve:
         from pydantic import SecretStr
 
-        # the token is resolved here, in the driver (the field, else its environment variable), and travels to the
-        # env actors inside their spec: actors on other nodes do not share the driver's environment
-        token = e.search.resolved_token()
-        return EnvSpec("search", e.search.model_copy(update={"url": retrieval_url(cfg),
+        # the token is resolved here, in the driver (the field, else its environment variable, else the run's own
+        # for a service other nodes reach), and travels to the env actors inside their spec: actors on other nodes
+        # do not share the driver's environment
+        url, token = retrieval_endpoint(cfg)
+        return EnvSpec("search", e.search.model_copy(update={"url": url,
                                                              "token": SecretStr(token) if token else None}), **common)
     return EnvSpec(e.name, getattr(e, e.name), **common)
 
@@ -162,8 +190,11 @@ def init_ray(cfg: Config) -> bool:
 
     port = cfg.metrics.ray_export_port  # Ray's agent binds every interface: check the port there
     port = port if port and port_is_free(port, "") else free_port("")
-    ray.init(num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False, runtime_env=runtime_env,
-             _metrics_export_port=port)
+    from services.placement import local_resources
+
+    # the custom resources deploy/jobs/node_resources.sh gives a node (learner_gpu ... per GPU, env_cpu per core)
+    ray.init(num_cpus=max(4, os.cpu_count() or 1), resources=local_resources(), include_dashboard=False,
+             runtime_env=runtime_env, _metrics_export_port=port)
     # no dashboard (it costs memory on a 2-core box), so nothing of Ray's writes the file-SD targets
     # deploy/prometheus.yml reads: write them as Ray's own writer would, so `make prometheus` finds this run
     write_ray_service_discovery()
@@ -316,6 +347,10 @@ def build_fleet(cfg: Config, model_path: str, snapshot_path: str) -> Fleet:
     joined by the learners, rollout workers and teachers (actors/collective.py)."""
     remote = cfg.pipeline.mode == "ray"
     started = init_ray(cfg) if remote else False
+    if remote:  # a fleet the cluster cannot place fails here in seconds, naming the actor and the resource
+        from services.placement import actor_requests, preflight, wait_started
+
+        preflight(cfg, started_here=starts_local_ray(cfg))
     spec, r = env_spec(cfg), cfg.resources
     n_roll, n_env = cfg.rollout.num_rollout_workers, cfg.env.num_env_workers
     share = max(size for _, size in split_groups(cfg.rollout.tasks_per_step, n_roll)) * cfg.rollout.group_size
@@ -337,6 +372,8 @@ def build_fleet(cfg: Config, model_path: str, snapshot_path: str) -> Fleet:
     resources = None if not remote else {role: res.model_dump() for role, res in
                  (("env", r.env), ("rollout", r.rollout), ("teacher", r.teacher), ("learner", r.learner))}
     fleet = Fleet(envs, rollouts, teachers, learners, remote, cfg.pipeline.weight_sync, resources, started)
+    if remote:  # every actor placed and its __init__ done within pipeline.start_timeout_s, else the late one named
+        wait_started(fleet.members(), cfg.pipeline.start_timeout_s, {(ro, i): q for ro, i, q in actor_requests(cfg)})
     if remote and (len(learners) > 1 or cfg.pipeline.weight_sync == "collective"):
         join_world(fleet, cfg)
     return fleet
@@ -353,7 +390,8 @@ def world_spec(fleet: Fleet, cfg: Config, address: str) -> GroupSpec:
         groups["teacher"] = [0, *range(W + N, W + N + M)]
         world = W + N + M
     return GroupSpec(address=address, world_size=world, groups=groups,
-                     bucket_bytes=cfg.rollout.vllm.weight_bucket_mb * 2**20).validate()
+                     bucket_bytes=cfg.rollout.vllm.weight_bucket_mb * 2**20,
+                     timeout_s=cfg.pipeline.collective_timeout_s).validate()
 
 
 def join_world(fleet: Fleet, cfg: Config) -> GroupSpec:

@@ -35,6 +35,9 @@ def build_engine(
 
     Extra kwargs go to the engine class (e.g. `gpu_memory_utilization` for vLLM, `device` for HF).
     """
+    from actors.models import check_model_dir
+
+    check_model_dir(model_path)  # a directory the driver resolved must exist on this actor's node
     common = _EngineOptions(
         dtype=dtype,
         torch_threads=torch_threads,

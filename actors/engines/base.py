@@ -108,23 +108,38 @@ def published_probe(model: torch.nn.Module, state_dict: dict[str, torch.Tensor],
     return logp.gather(-1, x[0, 1:, None]).squeeze(-1).tolist()
 
 
-def check_probe(engine_logp: list[float], expected: list[float] | None, *, version: int, tol: float) -> float:
-    """Max |engine - expected| over the probe; raise WeightSyncError above `tol`. None expected → 0.0."""
+def check_probe(engine_logp: list[float], expected: list[float] | None, *, version: int, tol: float,
+                previous: tuple[list[float], list[float]] | None = None) -> float:
+    """Verify a weight load on the probe; returns max |engine - expected| (the drift, reported as a metric).
+
+    Two checks: (1) the engine's log-probs land within `tol` of the learner's (`tol` is per engine dtype: kernel
+    numerics differ between engines, rollout.weight_sync_tolerance); (2) with `previous` = (engine, expected)
+    of the last verified load: when the learner's probe moved, the engine's must have moved too -- a load that
+    left the engine bit-identical passes (1) whenever the update is smaller than the dtype's tolerance, and is
+    caught here. Raises WeightSyncError. None expected -> 0.0 (nothing to verify against).
+    """
     if expected is None:
         return 0.0
     if len(engine_logp) != len(expected):
         raise WeightSyncError(
             f"weight sync v{version}: probe length {len(engine_logp)} != expected {len(expected)}"
         )
-    diff = (
-        torch.tensor(engine_logp, dtype=torch.float64) - torch.tensor(expected, dtype=torch.float64)
-    ).abs()
+    got, want = torch.tensor(engine_logp, dtype=torch.float64), torch.tensor(expected, dtype=torch.float64)
+    diff = (got - want).abs()
     max_diff = float(diff.max()) if diff.numel() else 0.0
     if not max_diff <= tol:  # also catches NaN
         raise WeightSyncError(
             f"weight sync v{version} failed verification: probe max|Δlogp| = {max_diff:.3g} > tol {tol:g} "
             "(engine is serving different weights than the learner published)"
         )
+    if previous is not None and len(previous[0]) == len(engine_logp) == len(previous[1]):
+        learner_move = float((want - torch.tensor(previous[1], dtype=torch.float64)).abs().max())
+        engine_move = float((got - torch.tensor(previous[0], dtype=torch.float64)).abs().max())
+        if learner_move > 0.0 and engine_move == 0.0:
+            raise WeightSyncError(
+                f"weight sync v{version} failed verification: the learner's probe moved by {learner_move:.3g} "
+                "since the last load but the engine's did not move at all (the load changed nothing)"
+            )
     return max_diff
 
 

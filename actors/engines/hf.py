@@ -32,6 +32,7 @@ class HFEngine:
         max_context: int = 2048,
         sync_tolerance: float = 1e-3,
         score_batch_size: int = 8,
+        score_max_tokens: int = 16384,
         device: str | None = None,
     ) -> None:
         from actors.models import load_hf_model, load_tokenizer, set_torch_threads
@@ -49,7 +50,10 @@ class HFEngine:
         self.version = 0
         self.max_context = max_context
         self.sync_tolerance = sync_tolerance
-        self.score_batch_size = score_batch_size
+        self.score_batch_size = score_batch_size  # rows per scoring forward, at most
+        # padded tokens (rows x longest row) per scoring forward, at most (a longer row goes alone): the default
+        # keeps 8 rows of up to 2048 tokens together, as before, and scores 3.5k-token rows 4 at a time
+        self.score_max_tokens = score_max_tokens
         self.eos_token_id = int(tokenizer.eos_token_id)
         self.pad_token_id = int(
             tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_token_id
@@ -58,6 +62,7 @@ class HFEngine:
         gen_eos = [gen_eos] if isinstance(gen_eos, int) else list(gen_eos or [])
         self.eos_ids = {self.eos_token_id, *gen_eos}
         self._gen = torch.Generator(device="cpu").manual_seed(seed)
+        self._verified: tuple[list[float], list[float]] | None = None  # last verified (engine, learner) probe
         self._probe = probe_ids(tokenizer)
 
     # ---------------------------------------------------------------- generation
@@ -85,10 +90,20 @@ class HFEngine:
                 raise ValueError(f"prompt {i} has {n} tokens; need 1..{self.max_context - 1} (max_context)")
         budget = [min(max_new_tokens, self.max_context - n) for n in lens]  # per-row new-token cap
         gen = self._gen if seed is None else torch.Generator(device="cpu").manual_seed(seed)
-        # per-row generators: a row's samples depend only on its own seed, not on the batch it shares
-        row_gens = None if seeds is None else [torch.Generator(device="cpu").manual_seed(s) for s in seeds]
         # decoding the last `window` tokens is enough to see any stop string completed by the newest one
         window = 4 * max((len(s) for s in stop), default=0) + 4
+        # u[i, k]: the uniform that draws row i's k-th token (inverse CDF, `_sample`), drawn up front on the CPU
+        # and moved once; with `seeds`, row i's come from its own generator, so a row's samples depend only on
+        # its own seed, not on the batch it shares
+        steps = max(budget)
+        u = None
+        if temperature > 0.0:
+            if seeds is None:
+                u = torch.rand((B, steps), generator=gen, dtype=torch.float64)
+            else:
+                u = torch.stack([torch.rand(steps, generator=torch.Generator(device="cpu").manual_seed(s),
+                                            dtype=torch.float64) for s in seeds])
+            u = u.to(self.device)  # (B, steps)
 
         T = max(lens)
         ids = torch.full((B, T), self.pad_token_id, dtype=torch.long)  # (B, T) left-padded
@@ -109,14 +124,16 @@ class HFEngine:
         lps: list[list[float]] = [[] for _ in range(B)]
         reason: list[FinishReason | None] = [None] * B
         alive = list(range(B))  # original row of each row still in the batch (finished rows are dropped)
-        for _ in range(max(budget)):
-            raw_logp = torch.log_softmax(logits.float(), dim=-1)  # (b, V), b = len(alive)
-            gens = gen if row_gens is None else [row_gens[i] for i in alive]
-            nxt = self._sample(logits.float(), temperature, top_p, gens)  # (b,)
-            nxt_lp = raw_logp.gather(-1, nxt[:, None].to(raw_logp.device)).squeeze(-1)  # (b,)
+        for step in range(steps):
+            # on the engine's device, every row at once: the sampled ids and their log-probs under the RAW
+            # logits, then one (b, 2) transfer to the host
+            z = logits.float()  # (b, V), b = len(alive)
+            nxt = self._sample(z, temperature, top_p, None if u is None else u[:, step])  # (b,)
+            nxt_lp = z.gather(-1, nxt[:, None]).squeeze(-1) - torch.logsumexp(z, dim=-1)  # (b,)
+            host = torch.stack([nxt.to(torch.float64), nxt_lp.to(torch.float64)], dim=1).tolist()  # exact ids
             keep = []
-            for j, (t, lp) in enumerate(zip(nxt.tolist(), nxt_lp.tolist(), strict=True)):
-                i = alive[j]
+            for j, (t, lp) in enumerate(host):
+                i, t = alive[j], int(t)
                 toks[i].append(t)
                 lps[i].append(lp)
                 if t in self.eos_ids:
@@ -132,11 +149,12 @@ class HFEngine:
             if len(keep) < len(alive):  # shrink the batch and its KV cache to the unfinished rows
                 idx = torch.tensor(keep, device=self.device)
                 past.batch_select_indices(idx)
-                mask, next_pos, nxt = mask[idx], next_pos[idx], nxt[keep]
+                mask, next_pos, nxt = mask[idx], next_pos[idx], nxt[idx]
+                u = None if u is None else u[idx]
                 alive = [alive[j] for j in keep]
             mask = torch.cat([mask, torch.ones((len(alive), 1), dtype=mask.dtype, device=self.device)], dim=1)
             out = self.model(
-                input_ids=nxt[:, None].to(self.device),
+                input_ids=nxt[:, None],
                 attention_mask=mask,
                 position_ids=next_pos,
                 past_key_values=past,
@@ -150,39 +168,60 @@ class HFEngine:
         ]
 
     @staticmethod
-    def _sample(logits: torch.Tensor, temperature: float, top_p: float,
-                gen: torch.Generator | list[torch.Generator]) -> torch.Tensor:
-        """logits (B, V) float32 → token ids (B,) on CPU; greedy when temperature == 0. `gen`: one generator
-        for the batch, or one per row (B of them)."""
-        logits = logits.cpu()
-        if temperature <= 0.0:
+    def _sample(logits: torch.Tensor, temperature: float, top_p: float, u: torch.Tensor | None) -> torch.Tensor:
+        """logits (b, V) float32 -> token ids (b,) on the logits' device, every row in one call; greedy when
+        temperature == 0 (then `u` is unused). Otherwise row j draws from softmax(logits / temperature),
+        restricted to the smallest prefix (by probability) with mass >= top_p, by inverse CDF with the uniform
+        u[j] in [0, 1) ((b,) float64): token = first index whose cumulative probability exceeds u[j] x total.
+        A token of probability 0 spans an empty interval and is never drawn."""
+        if temperature <= 0.0 or u is None:
             return logits.argmax(dim=-1)
-        probs = torch.softmax(logits / temperature, dim=-1)  # (B, V)
+        probs = torch.softmax(logits / temperature, dim=-1)  # (b, V)
+        order = None
         if top_p < 1.0:
-            sp, si = probs.sort(dim=-1, descending=True)
-            drop = sp.cumsum(-1) - sp > top_p  # keep the smallest prefix with mass >= top_p
-            sp = sp.masked_fill(drop, 0.0)
-            probs = torch.zeros_like(probs).scatter(-1, si, sp)
-        if isinstance(gen, list):
-            return torch.cat([torch.multinomial(probs[j : j + 1], 1, generator=g).squeeze(-1)
-                              for j, g in enumerate(gen)])
-        return torch.multinomial(probs, 1, generator=gen).squeeze(-1)
+            probs, order = probs.sort(dim=-1, descending=True)
+            drop = probs.cumsum(-1) - probs > top_p  # keep the smallest prefix with mass >= top_p
+            probs = probs.masked_fill(drop, 0.0)
+        cdf = probs.to(torch.float64).cumsum(-1)  # (b, V); float64: the last entries stay distinct
+        x = (u.to(cdf.device, torch.float64) * cdf[:, -1]).unsqueeze(-1)  # (b, 1) < total
+        idx = torch.searchsorted(cdf, x, right=True).clamp(max=probs.shape[-1] - 1)  # (b, 1)
+        if order is not None:
+            idx = order.gather(-1, idx)
+        return idx.squeeze(-1)
 
     # ---------------------------------------------------------------- scoring
     @torch.no_grad()
     def score(self, contexts: list[list[int]], continuations: list[list[int]]) -> list[list[float]]:
+        """Log-probs of each continuation's tokens after its context. Rows are scored in order, in forwards of
+        at most `score_batch_size` rows and `score_max_tokens` padded tokens (a longer row goes alone); the LM
+        head runs on chunks of positions (learner.learner.chunked_logprobs_entropy), so no (rows, positions,
+        vocabulary) logits are made."""
         if len(contexts) != len(continuations):
             raise ValueError(f"{len(contexts)} contexts vs {len(continuations)} continuations")
         result: list[list[float]] = []
-        for s in range(0, len(contexts), self.score_batch_size):
-            result += self._score_batch(
-                contexts[s : s + self.score_batch_size], continuations[s : s + self.score_batch_size]
-            )
+        for s, e in self._score_batches([len(c) + len(y) for c, y in zip(contexts, continuations, strict=True)]):
+            result += self._score_batch(contexts[s:e], continuations[s:e])
         return result
 
+    def _score_batches(self, lengths: list[int]) -> list[tuple[int, int]]:
+        """[start, end) row ranges, in order: each at most `score_batch_size` rows and `score_max_tokens`
+        padded tokens (rows x its longest row), or a single row."""
+        out, s, longest = [], 0, 0
+        for i, n in enumerate(lengths):
+            rows = i - s + 1
+            if i > s and (rows > self.score_batch_size or rows * max(longest, n) > self.score_max_tokens):
+                out.append((s, i))
+                s, longest = i, 0
+            longest = max(longest, n)
+        if lengths:
+            out.append((s, len(lengths)))
+        return out
+
     def _score_batch(self, ctxs: list[list[int]], conts: list[list[int]]) -> list[list[float]]:
-        # Left padding puts every continuation at the end of its row, so only the last C+1 positions'
-        # logits are needed (logits_to_keep): (B, C+1, V) instead of (B, T, V).
+        # Left padding puts every continuation at the end of its row, so only the last C positions predict
+        # scored tokens: the learner's chunked log-probs over exactly those (the rows' continuation tokens).
+        from learner.learner import token_logprobs
+
         seqs = [list(c) + list(y) for c, y in zip(ctxs, conts, strict=True)]
         for i, c in enumerate(ctxs):
             if not c:
@@ -193,14 +232,14 @@ class HFEngine:
             return [[] for _ in conts]
         ids = torch.full((B, T), self.pad_token_id, dtype=torch.long)  # (B, T)
         mask = torch.zeros((B, T), dtype=torch.long)  # (B, T)
-        for i, s in enumerate(seqs):
+        scored = torch.zeros((B, T), dtype=torch.bool)  # (B, T) the continuation tokens
+        for i, (s, y) in enumerate(zip(seqs, conts, strict=True)):
             ids[i, T - len(s) :] = torch.tensor(s, dtype=torch.long)
             mask[i, T - len(s) :] = 1
-        ids, mask = ids.to(self.device), mask.to(self.device)
+            scored[i, T - len(y) :] = True
+        ids, mask, scored = ids.to(self.device), mask.to(self.device), scored.to(self.device)
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
-        logits = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=C + 1).logits
-        logits = logits[:, :-1].float()  # (B, C, V): position j predicts token T-C+j
-        logp = torch.log_softmax(logits, dim=-1).gather(-1, ids[:, T - C :, None]).squeeze(-1)  # (B, C)
+        logp = token_logprobs(self.model, ids, mask, scored, position_ids=pos)[:, T - C :].cpu()  # (B, C)
         return [logp[i, C - len(y) :].tolist() if y else [] for i, y in enumerate(conts)]
 
     # ---------------------------------------------------------------- weights
@@ -220,7 +259,11 @@ class HFEngine:
         missing = [k for k in missing if not (tied and k == "lm_head.weight")]
         if missing or unexpected:
             raise KeyError(f"weight load v{version}: missing={missing[:5]} unexpected={unexpected[:5]}")
-        max_diff = check_probe(self.probe(), expected_probe_logp, version=version, tol=self.sync_tolerance)
+        probe = self.probe()
+        max_diff = check_probe(probe, expected_probe_logp, version=version, tol=self.sync_tolerance,
+                               previous=self._verified)
+        if expected_probe_logp is not None:
+            self._verified = (probe, list(expected_probe_logp))
         self.version = version
         return {"version": version, "seconds": time.perf_counter() - t0, "max_abs_diff": max_diff, "ok": True}
 

@@ -158,6 +158,7 @@ class VLLMEngine:
         self.sync_tolerance = sync_tolerance
         self.bucket_bytes = weight_bucket_mb * 2**20
         self.eos_token_id = int(self.tokenizer.eos_token_id)
+        self._verified: tuple[list[float], list[float]] | None = None  # last verified (engine, learner) probe
         self._probe = probe_ids(self.tokenizer)
 
     # ---------------------------------------------------------------- generation
@@ -261,7 +262,11 @@ class VLLMEngine:
             self.llm.collective_rpc("stepopsd_add_bucket", args=(names, tensors))
         self.llm.collective_rpc("stepopsd_commit_weights")
         self.llm.reset_prefix_cache()
-        max_diff = check_probe(self.probe(), expected_probe_logp, version=version, tol=self.sync_tolerance)
+        probe = self.probe()
+        max_diff = check_probe(probe, expected_probe_logp, version=version, tol=self.sync_tolerance,
+                               previous=self._verified)
+        if expected_probe_logp is not None:
+            self._verified = (probe, list(expected_probe_logp))
         self.version = version
         return {"version": version, "seconds": time.perf_counter() - t0, "max_abs_diff": max_diff, "ok": True,
                 "buckets": len(buckets)}

@@ -6,6 +6,8 @@
 #             GPU count still bounds them) and one env_cpu slot per core;
 #   CPU host: env_cpu slots, one per core.
 # NODE_GPUS / NODE_CPUS override the detected counts (tests; heterogeneous hosts).
+# A local Ray the driver starts (services/wiring.init_ray) advertises the same: services/placement.node_resources is
+# this script in Python (GPUs from torch.cuda.device_count()), kept equal by tests/deploy/test_placement.py.
 set -euo pipefail
 NGPU="${NODE_GPUS:-$( (nvidia-smi -L 2>/dev/null || true) | grep -c '^GPU' || true)}"
 NCPU="${NODE_CPUS:-$(nproc)}"

@@ -44,13 +44,20 @@ def test_tiny_qwen2_deterministic_in_seed(tmp_path, tiny_model_dir):
     ).read_text()
 
 
-def test_resolve_model_paths(tmp_path, tiny_model_dir):
+def test_resolve_model_paths(tmp_path, tiny_model_dir, monkeypatch):
+    from huggingface_hub import constants
+
+    from envs.base import InputError
+
     assert resolve_model(SimpleNamespace(path=str(tiny_model_dir), cache_dir=str(tmp_path))) == Path(
         tiny_model_dir
     )
-    assert (
-        resolve_model(SimpleNamespace(path="Qwen/Qwen3-1.7B", cache_dir=str(tmp_path))) == "Qwen/Qwen3-1.7B"
-    )
+    # a hub id resolves to a directory (tests/actors/test_model_staging.py), never to itself: offline and not
+    # staged, it is one clear error
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    with pytest.raises(InputError, match="model.path = Qwen/Qwen3-1.7B: cannot resolve"):
+        resolve_model(SimpleNamespace(path="Qwen/Qwen3-1.7B", cache_dir=str(tmp_path)))
     got = resolve_model(SimpleNamespace(path="builtin:tiny-qwen2", cache_dir=str(tmp_path)))
     assert got == tmp_path / "models" / "tiny-qwen2" and (got / "config.json").exists()
     with pytest.raises(ValueError, match="unknown builtin"):

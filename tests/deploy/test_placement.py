@@ -1,7 +1,7 @@
 """Resources that match: every preset's fleet can be placed on ray_cluster.yaml's nodes, every custom
 resource a preset asks for is advertised by the start scripts (deploy/jobs/node_resources.sh, used by
-start_head.sh and both cluster YAMLs), and a request nothing offers -- or more actors than the nodes hold --
-is named by role and index."""
+start_head.sh and both cluster YAMLs) and by the local Ray the driver starts (services.placement.local_resources),
+and a request nothing offers -- or more actors than the nodes hold -- is named by role and index."""
 
 from __future__ import annotations
 
@@ -75,3 +75,18 @@ def test_actor_requests_match_what_build_fleet_builds():
     fleet = build_fleet(cfg, str(resolve_model(cfg.model)), "/nonexistent/snapshot.safetensors")
     built = sorted((role, i) for role, i, _ in fleet.members())
     assert built == sorted((role, i) for role, i, _ in actor_requests(cfg))
+
+
+def test_local_ray_advertises_what_node_resources_sh_would(monkeypatch):
+    """init_ray's local Ray (services.placement.local_resources) = the start script's resources for this host."""
+    from services.placement import local_resources, node_resources
+
+    for gpus in (0, 1, 2):
+        assert node_resources(gpus, 8) == _advertised(gpus)
+    monkeypatch.setenv("NODE_GPUS", "2")
+    monkeypatch.setenv("NODE_CPUS", "8")
+    assert local_resources() == _advertised(2)
+    monkeypatch.delenv("NODE_GPUS")
+    import torch
+
+    assert local_resources()["env_cpu"] == 8 and ("learner_gpu" in local_resources()) == (torch.cuda.device_count() > 0)

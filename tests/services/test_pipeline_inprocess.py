@@ -115,3 +115,27 @@ def test_lora_learner_publishes_merged_weights(tmp_path):
     assert all(r["weight_sync_ok"] == 1.0 for r in rows)
     sd = _final_weights(run_dir, 2)
     assert any("lora_" in k for k in sd)  # the checkpoint keeps the adapters for exact resume
+
+
+def test_teacher_on_a_node_without_the_run_dir(tmp_path, monkeypatch):
+    """A teacher whose node cannot see the driver's run directory (another node, no shared filesystem) keeps its
+    snapshot node-locally; checkpoints still carry the snapshot (fetched through the driver) and a resume from
+    them trains what the straight run trains. On a node without the directory the old code failed to write the
+    snapshot at the first refresh."""
+    import services.wiring
+    from actors.workers import TeacherWorker
+
+    class ElsewhereTeacher(TeacherWorker):
+        def __init__(self, model, rollout, seed, env, scoring, snapshot_path, *a, **k):
+            super().__init__(model, rollout, seed, env, scoring, f"/nonexistent-node-dir{snapshot_path}", *a, **k)
+
+    s = "pipeline.max_staleness=0"
+    straight = train(None, BASE + [f"run.dir={tmp_path / 'straight'}", "run.steps=4", s])
+    monkeypatch.setattr(services.wiring, "TeacherWorker", ElsewhereTeacher)
+    half = train(None, BASE + [f"run.dir={tmp_path / 'half'}", "run.steps=3", s])
+    assert not (half / "teacher_snapshot.safetensors").exists()  # the teacher never wrote the driver's dir
+    assert (half / "checkpoints" / "step_2" / "teacher_snapshot.safetensors").exists()  # reached it via the driver
+    resumed = train(None, ["run.steps=4"], resume=str(half))
+    a, b = _final_weights(straight, 4), _final_weights(resumed, 4)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
