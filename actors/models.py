@@ -158,10 +158,7 @@ def stage_hub_model(repo_id: str, root: Path, *, from_cache: bool = False) -> Pa
 
                 raise InputError(f"model.path = {repo_id}: the hub repository has no config.json (not a "
                                  "transformers model); set model.path to a model repository or directory")
-            os.chmod(tmp, 0o755)  # mkdtemp makes it 0700: other users' / nodes' actors read it
-            if target.exists():
-                shutil.rmtree(target)
-            os.replace(tmp, target)
+            _publish_dir(tmp, target)
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -297,10 +294,7 @@ def build_builtin_into(which: str, target: Path, *, seed: int = 0) -> Path:
                     bar.advance(1)
             else:
                 build_tiny_qwen2(tmp, seed=seed)
-            os.chmod(tmp, 0o755)  # mkdtemp makes it 0700
-            if target.exists():
-                shutil.rmtree(target)
-            os.replace(tmp, target)
+            _publish_dir(tmp, target)
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -507,3 +501,12 @@ def load_hf_model(path: Path | str, dtype: str = "float32") -> Any:
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=getattr(torch, _DTYPES[dtype]))
     model.eval()
     return model
+
+
+def _publish_dir(tmp: Path, target: Path) -> None:
+    """Move a finished model directory into place (readable by every user and node's actors: mkdtemp makes it
+    0700), replacing an older copy."""
+    os.chmod(tmp, 0o755)
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(tmp, target)

@@ -122,6 +122,25 @@ def _contrast_slots(contrast: torch.Tensor, B: int, n_slots: int) -> torch.Tenso
     return out.reshape(-1)
 
 
+def _slot_scores(
+    delta: torch.Tensor,
+    sel: torch.Tensor,
+    key: torch.Tensor,
+    B: int,
+    n_slots: int,
+    step_score: str,
+    contrast: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Score (B * n_slots,) float64 and selected-token count (B * n_slots,) of every slot: `_slot_reduce` of
+    delta over `sel`, or for "contrast" the given (B, S) contrast (counts still from `sel`)."""
+    if step_score != "contrast":
+        return _slot_reduce(delta, sel, key, B * n_slots, step_score)
+    if contrast is None:
+        raise ValueError("step_score 'contrast' needs the teacher's per-step contrast (B, S)")
+    _, cnt = _slot_reduce(delta, sel, key, B * n_slots, "sum")
+    return _contrast_slots(contrast, B, n_slots), cnt
+
+
 def step_level_weights(
     delta: torch.Tensor,
     adv: torch.Tensor,
@@ -150,13 +169,7 @@ def step_level_weights(
     key_m = key[shape_mask]  # (N,)
     z = torch.zeros(B * n_slots, dtype=torch.float64, device=delta.device)
     a_sum = z.clone().index_add_(0, key_m, adv[shape_mask].to(torch.float64))
-    if step_score == "contrast":
-        if contrast is None:
-            raise ValueError("step_score 'contrast' needs the teacher's per-step contrast (B, S)")
-        _, cnt = _slot_reduce(delta, shape_mask, key, B * n_slots, "sum")
-        score = _contrast_slots(contrast, B, n_slots)
-    else:
-        score, cnt = _slot_reduce(delta, shape_mask, key, B * n_slots, step_score)
+    score, cnt = _slot_scores(delta, shape_mask, key, B, n_slots, step_score, contrast)
     present = (cnt > 0).view(B, n_slots)  # (B, n_slots)
     w_s = (2.0 * torch.sigmoid(torch.sign(a_sum.view(B, n_slots)) * score.view(B, n_slots))).clamp(lo, hi)
     w_s = torch.where(present, w_s, torch.zeros_like(w_s))
@@ -238,13 +251,7 @@ def step_scores(
     B = delta.shape[0]
     key, n_slots = _slot_keys(step_ids)
     sel = shape_mask & (step_ids >= 0)  # (B, T)
-    if step_score == "contrast":
-        if contrast is None:
-            raise ValueError("step_score 'contrast' needs the teacher's per-step contrast (B, S)")
-        _, cnt = _slot_reduce(delta, sel, key, B * n_slots, "sum")
-        score = _contrast_slots(contrast, B, n_slots)
-    else:
-        score, cnt = _slot_reduce(delta, sel, key, B * n_slots, step_score)
+    score, cnt = _slot_scores(delta, sel, key, B, n_slots, step_score, contrast)
     score = score.view(B, n_slots)[:, 1:].to(delta.dtype)  # (B, S)
     return score, cnt.view(B, n_slots)[:, 1:] > 0
 
