@@ -11,7 +11,6 @@ from types import SimpleNamespace
 import services.child
 from services.heldout import held_out
 
-
 CFG = SimpleNamespace(rollout=SimpleNamespace(engine="hf"))
 
 
