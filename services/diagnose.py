@@ -200,15 +200,17 @@ def diagnose_case(batch: Any, t_logp: Any, error_step: int | None, *, step_filte
     """
     import torch
 
-    from learner.credit import step_scores
+    from learner.credit import lowest_delta_step, step_scores
     from learner.scoring import ScoringOptions, score_batch
     from learner.stepopsd import step_credit_share
 
     sources = torch.tensor([-1, 0])
     target = torch.tensor([-1, -1 if error_step is None else error_step])
     delta = torch.nan_to_num(t_logp - batch.behaviour_logp, nan=0.0, posinf=0.0, neginf=0.0)  # (2, T)
+    # the shaped tokens: the same under every budget, knob and step score
+    mask = score_batch(batch, t_logp, sources, opts=ScoringOptions(step_filter=step_filter, adv_estimator=adv_estimator),
+                       lam=lam, alpha=alpha, teacher_version=0).shape_mask  # (2, T)
     res: dict[str, Any] = {"by_reduce": {}}
-    mask = None
     for r in reductions:
         # `first` and `contrast` reach the step_level budget as given per-step scores (the "contrast" slot)
         given = None
@@ -219,33 +221,28 @@ def diagnose_case(batch: Any, t_logp: Any, error_step: int | None, *, step_filte
         elif r == "first":
             if first_mask is None:
                 raise ValueError("the first reduction needs first_content_mask")
-            given = None  # filled once the shape mask is known (below)
+            given = step_scores(delta, mask & first_mask, batch.step_ids, "sum")[0]
         fig: dict[str, Any] = {"credit_share_at": {}}
         for kl, ka in ((lam, alpha), *extra_knobs):
             shares = fig["credit_share_at"].setdefault(knob_label(kl, ka), {})
             for budget in BUDGETS:
-                if r == "first" and given is None:
-                    m0 = score_batch(batch, t_logp, sources, opts=ScoringOptions(
-                        step_filter=step_filter, adv_estimator=adv_estimator), lam=kl, alpha=ka,
-                        teacher_version=0).shape_mask
-                    given = step_scores(delta, m0 & first_mask, batch.step_ids, "sum")[0]
                 opts = ScoringOptions(step_filter=step_filter, credit_budget=budget, adv_estimator=adv_estimator,
                                       step_score="contrast" if given is not None else r)
                 sb = score_batch(batch, t_logp, sources, opts=opts, lam=kl, alpha=ka, teacher_version=0,
                                  step_contrast=given)
                 shares[budget], res["token_share"] = step_credit_share(
                     sb.shaped_advantages, sb.shape_mask, batch.step_ids, target, torch.tensor([False, True]))
-                mask = sb.shape_mask  # the same for every budget
         fig["credit_share"] = fig["credit_share_at"][knob_label(lam, alpha)]
-        score, present = step_scores(delta, mask, batch.step_ids, "contrast" if given is not None else r, given)
+        how = "contrast" if given is not None else r
+        score, present = step_scores(delta, mask, batch.step_ids, how, given)
         steps = [k for k in range(score.shape[1]) if bool(present[1, k])]
         fig["step_delta"] = {k: float(score[1, k]) for k in steps}
-        fig["lowest_step"] = min(steps, key=lambda k: (fig["step_delta"][k], k)) if steps else -1
+        fig["lowest_step"] = int(lowest_delta_step(delta, mask, batch.step_ids, how, given)[1])
         fig["hit"] = is_hit(fig["step_delta"], fig["lowest_step"], error_step)
         res["by_reduce"][r] = fig
         res["n_steps"] = len(steps)
     res.update({k: v for k, v in res["by_reduce"][reductions[0]].items() if k != "by_reduce"})
-    res["mean_delta"] = float(delta[1][mask[1]].mean()) if mask is not None and bool(mask[1].any()) else 0.0
+    res["mean_delta"] = float(delta[1][mask[1]].mean()) if bool(mask[1].any()) else 0.0
     res["delta"] = {k: [round(float(delta[1, t]), 5) for t in range(int(batch.prompt_lengths[1]), int(batch.lengths[1]))
                         if int(batch.step_ids[1, t]) == k] for k in sorted({int(x) for x in batch.step_ids[1].tolist()} - {-1})}
     return res
