@@ -506,7 +506,7 @@ class Learner:
         engine holding the published weights computes them: with `dtype` (the engines' dtype) the weights are
         the live fp32 master weights cast to it -- each module's own, cast as it runs and dropped after, so
         there is no copy of the state dict and nothing moves between host and device (the same numbers as
-        running the model on `get_weights(dtype)`, actors/engines/base.published_probe)."""
+        running the model on `get_weights(dtype)`: tests/actors/test_hot_loops.py checks it)."""
         self.model.eval()
         ids = torch.tensor([probe_ids], device=self.device)  # (1, n)
         cast = dtype is not None and dtype != torch.float32

@@ -96,18 +96,6 @@ def probe_logprobs(model: torch.nn.Module, ids: list[int]) -> list[float]:
     return logp.gather(-1, x[0, 1:, None]).squeeze(-1).tolist()
 
 
-@torch.no_grad()
-def published_probe(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], ids: list[int]) -> list[float]:
-    """The probe's log-probs under `state_dict` (e.g. fp32 master weights cast to bf16 for the engines) run
-    through `model`'s modules: what an engine holding exactly those weights must reproduce."""
-    device = next(model.parameters()).device
-    params = {k: v.to(device) for k, v in state_dict.items()}
-    x = torch.tensor([ids], dtype=torch.long, device=device)  # (1, T)
-    out = torch.func.functional_call(model, params, args=(), kwargs={"input_ids": x}, tie_weights=False)
-    logp = torch.log_softmax(out.logits.float()[0, :-1], dim=-1)  # (T-1, V)
-    return logp.gather(-1, x[0, 1:, None]).squeeze(-1).tolist()
-
-
 def check_probe(engine_logp: list[float], expected: list[float] | None, *, version: int, tol: float,
                 previous: tuple[list[float], list[float]] | None = None) -> float:
     """Verify a weight load on the probe; returns max |engine - expected| (the drift, reported as a metric).

@@ -192,12 +192,23 @@ def test_teacher_scoring_forwards_are_bounded_by_tokens_with_chunked_logprobs(hf
             torch.testing.assert_close(torch.tensor(g), torch.tensor(w), atol=1e-5, rtol=0)
 
 
+@torch.no_grad()
+def published_probe(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], ids: list[int]) -> list[float]:
+    """The reference (how the probe was computed before): the probe's log-probs with `model`'s modules run on
+    the published state dict itself (e.g. fp32 master weights cast to bf16 for the engines)."""
+    device = next(model.parameters()).device
+    params = {k: v.to(device) for k, v in state_dict.items()}
+    x = torch.tensor([ids], dtype=torch.long, device=device)  # (1, T)
+    out = torch.func.functional_call(model, params, args=(), kwargs={"input_ids": x}, tie_weights=False)
+    logp = torch.log_softmax(out.logits.float()[0, :-1], dim=-1)  # (T-1, V)
+    return logp.gather(-1, x[0, 1:, None]).squeeze(-1).tolist()
+
+
 def test_weight_sync_probe_comes_from_the_live_model_not_the_published_copy(tiny_model_dir):
     """bf16 publication: the probe sent with the weights equals running the model on the published (cast, CPU)
     state dict -- computed without that copy: the worker's probe no longer reads it (zeros here), and the
     model's fp32 parameters are untouched. Before: the whole state dict went back to the device."""
     from actors.config import LearnerConfig, ModelConfig
-    from actors.engines.base import published_probe
     from actors.workers import LearnerWorker
 
     lw = LearnerWorker(ModelConfig(dtype="bfloat16", device="cpu"), LearnerConfig(gradient_checkpointing=False),
