@@ -178,7 +178,15 @@ class TeacherWorker(WorkerBase):
         torch.set_num_threads(model.torch_threads)
         self.scoring = scoring.validate()
         self.snapshot_path = node_snapshot_path(snapshot_path)
-        if self.snapshot_path != Path(snapshot_path) and not _reconstructed():
+        self._snapshot_key = snapshot_path  # the fleet's snapshot, named as the driver names it (Ray's KV store)
+        restarted = _reconstructed()
+        if not self.snapshot_path.exists() and restarted and _snapshot_version_recorded(snapshot_path) > 0:
+            # Ray restarted this actor on a node that does not hold the fleet's snapshot: starting from the base
+            # weights would score with the wrong teacher. Dying (before the engine is built) makes the driver
+            # rebuild the fleet from its last checkpoint, whose snapshot it sends (restore_snapshot).
+            raise RuntimeError(f"teacher {index} restarted without its snapshot ({self.snapshot_path} is not on "
+                               "this node); the driver recovers the fleet from the last checkpoint")
+        if self.snapshot_path != Path(snapshot_path) and not restarted:
             # a node-local copy left by an earlier run of this run dir: the driver that built this teacher sends
             # the snapshot in force itself (restore_snapshot on resume; none on a fresh run)
             self.snapshot_path.unlink(missing_ok=True)
@@ -192,13 +200,6 @@ class TeacherWorker(WorkerBase):
         self.scorer = TeacherScorer(engine, protocol=protocol_for(env), context=scoring.hindsight_context)
         if self.snapshot_path.exists():
             self._load_snapshot()
-        elif _reconstructed() and _snapshot_version_recorded(snapshot_path) > 0:
-            # Ray restarted this actor on a node that does not hold the fleet's snapshot: starting from the base
-            # weights would score with the wrong teacher. Dying makes the driver rebuild the fleet from its last
-            # checkpoint, whose snapshot it sends (restore_snapshot).
-            raise RuntimeError(f"teacher {index} restarted without its snapshot ({self.snapshot_path} is not on "
-                               "this node); the driver recovers the fleet from the last checkpoint")
-        self._key = snapshot_path
 
     def _load_snapshot(self) -> None:
         from safetensors.torch import load_file
@@ -222,7 +223,7 @@ class TeacherWorker(WorkerBase):
         sd["__version__"] = torch.tensor([packet.version])
         save_file(sd, str(tmp))
         os.replace(tmp, self.snapshot_path)
-        _record_snapshot_version(self._key, packet.version)
+        _record_snapshot_version(self._snapshot_key, packet.version)
         return info
 
     def snapshot_state(self) -> tuple[int, dict[str, torch.Tensor]] | None:
