@@ -27,7 +27,7 @@ def reference_bkv(model, input_ids, attention_mask, mask):
     model's (B, K, V) logits, an fp32 copy, logsumexp over all of it, the entropy from the masked rows."""
     import torch
 
-    from learner.learner import token_entropy
+    from learner.logprobs import token_entropy
 
     B, T = input_ids.shape
     keep = torch.nonzero(mask[:, 1:].any(0)).flatten()
@@ -48,7 +48,7 @@ def run_arm(arm: str, B: int, T: int, dtype: str) -> None:
     import torch
     from transformers import AutoModelForCausalLM, Qwen2Config
 
-    from learner.learner import autocast_context, token_logprobs_entropy
+    from learner.logprobs import autocast_context, token_logprobs_entropy
 
     torch.manual_seed(0)
     m = AutoModelForCausalLM.from_config(Qwen2Config(
@@ -85,7 +85,7 @@ def main() -> None:
         B, T = (int(x) for x in args.shapes.split("x"))
         run_arm(args.arm, B, T, args.dtype)
         return
-    from learner.learner import LOGITS_CHUNK_TOKENS
+    from learner.logprobs import LOGITS_CHUNK_TOKENS
 
     print(f"log-probs + entropy + backward, V = {V}, {args.dtype} autocast on CPU, LM-head chunk "
           f"{LOGITS_CHUNK_TOKENS} tokens; peak RSS growth")

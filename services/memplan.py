@@ -27,7 +27,7 @@ Logits, as learner/learner.py computes them today -- the (b, K, V) logits at the
 that predict a generated token are materialised: compute-dtype logits, their fp32 copy (saved for logsumexp's
 backward), logsumexp's temporary or the entropy's masked copy, then the entropy's 512-row chunks: forward peak
 10bKV + 8 x min(512, bK) x V, backward 16bKV (both measured on CPU with Qwen2.5's vocabulary: 12-14 and 16.2
-bytes per logit). When learner/learner.py chunks the LM head (`LOGITS_CHUNK_TOKENS`, work in progress) the plan
+bytes per logit). When learner/logprobs.py chunks the LM head (`LOGITS_CHUNK_TOKENS`, work in progress) the plan
 reads the chunk and uses ~18 bytes x chunk x V instead (that module's own figure). kl_coef > 0 adds the
 reference model (c x P) and its no-grad logits (10bKV) on top of the policy's saved fp32 logits (4bKV).
 Publishing: LoRA merges a deep copy of the model (4P); full weights: the state dict cast to c on the device
@@ -188,11 +188,11 @@ class CodeModel:
 
 
 def detect_code() -> CodeModel:
-    """The CodeModel of the code in this tree (a chunked LM head shows as learner.learner.LOGITS_CHUNK_TOKENS; a
+    """The CodeModel of the code in this tree (a chunked LM head shows as learner.logprobs.LOGITS_CHUNK_TOKENS; a
     token cap as HFEngine's `score_max_tokens`); today's when they are absent or do not import."""
     chunk = cap = None
     try:
-        from learner import learner as lmod
+        from learner import logprobs as lmod
 
         chunk = getattr(lmod, "LOGITS_CHUNK_TOKENS", None)
     except Exception:  # noqa: BLE001, S110 -- being edited: plan for the committed code

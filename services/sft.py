@@ -114,7 +114,7 @@ def sft_train(model: torch.nn.Module, batch: Any, *, epochs: int, lr: float, mic
               seed: int = 0, log: Any = print, compute_dtype: torch.dtype = torch.float32) -> list[float]:
     """Token-mean NLL on generated-role tokens; returns the mean loss per epoch. The model stays where it is
     (fp32 master weights); micro-batches move to its device and run under autocast to `compute_dtype`."""
-    from learner.learner import autocast_context, token_logprobs
+    from learner.logprobs import autocast_context, token_logprobs
 
     dev = next(model.parameters()).device
     g = torch.Generator().manual_seed(seed)

@@ -194,7 +194,7 @@ class HFEngine:
     def score(self, contexts: list[list[int]], continuations: list[list[int]]) -> list[list[float]]:
         """Log-probs of each continuation's tokens after its context. Rows are scored in order, in forwards of
         at most `score_batch_size` rows and `score_max_tokens` padded tokens (a longer row goes alone); the LM
-        head runs on chunks of positions (learner.learner.chunked_logprobs_entropy), so no (rows, positions,
+        head runs on chunks of positions (learner.logprobs.chunked_logprobs_entropy), so no (rows, positions,
         vocabulary) logits are made."""
         if len(contexts) != len(continuations):
             raise ValueError(f"{len(contexts)} contexts vs {len(continuations)} continuations")
@@ -220,7 +220,7 @@ class HFEngine:
     def _score_batch(self, ctxs: list[list[int]], conts: list[list[int]]) -> list[list[float]]:
         # Left padding puts every continuation at the end of its row, so only the last C positions predict
         # scored tokens: the learner's chunked log-probs over exactly those (the rows' continuation tokens).
-        from learner.learner import token_logprobs
+        from learner.logprobs import token_logprobs
 
         seqs = [list(c) + list(y) for c, y in zip(ctxs, conts, strict=True)]
         for i, c in enumerate(ctxs):

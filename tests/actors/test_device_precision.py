@@ -11,7 +11,8 @@ import torch
 
 from actors.config import LearnerConfig, ModelConfig, RolloutConfig
 from actors.device import resolve_device
-from learner.learner import Learner, token_logprobs
+from learner.learner import Learner
+from learner.logprobs import token_logprobs
 from tests.learner.test_learner_update import batch
 
 

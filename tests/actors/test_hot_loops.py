@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch.overrides import TorchFunctionMode
 
-import learner.learner as L
+import learner.logprobs as L
 from actors.chat import token_char_ends
 from tests.actors.test_engines import _prompts, _ref_logprobs
 

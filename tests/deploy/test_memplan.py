@@ -135,7 +135,7 @@ _LOGITS = r"""
 import resource, sys, torch
 sys.path.insert(0, {root!r})
 from transformers import Qwen2Config, AutoModelForCausalLM
-from learner.learner import token_logprobs_entropy, autocast_context
+from learner.logprobs import autocast_context, token_logprobs_entropy
 V, T = 151936, 1024
 m = AutoModelForCausalLM.from_config(Qwen2Config(vocab_size=V, hidden_size=64, intermediate_size=128,
     num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)).float()

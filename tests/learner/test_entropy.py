@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from learner.learner import token_entropy, token_logprobs, token_logprobs_entropy
+from learner.logprobs import token_entropy, token_logprobs, token_logprobs_entropy
 
 
 def test_token_entropy_worked_numbers():

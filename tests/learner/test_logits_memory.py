@@ -12,8 +12,9 @@ import torch
 from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
-import learner.learner as L
-from learner.learner import Learner, token_entropy, token_logprobs_entropy
+import learner.logprobs as L
+from learner.learner import Learner
+from learner.logprobs import token_entropy, token_logprobs_entropy
 from tests.learner.test_learner_update import batch
 
 V = 97  # vocabulary of the tiny model (not its hidden size: a (..., V) tensor is a logits tensor)
