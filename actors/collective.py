@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -226,9 +226,12 @@ class Collective:
                     off += t.numel()
                 start = end
 
-    def broadcast_state(self, state_dict: dict[str, torch.Tensor], meta: WeightsMeta, group: str) -> int:
+    def broadcast_state(self, state_dict: dict[str, torch.Tensor], meta: WeightsMeta, group: str,
+                        fetch: Callable[[list[int]], list[torch.Tensor]] | None = None) -> int:
         """Send `state_dict` (described by `meta`) to `group` from this rank (its first); returns buckets sent.
-        Waits at most `timeout_s` for every receiver to check in first (CollectiveTimeout naming the late ones)."""
+        Waits at most `timeout_s` for every receiver to check in first (CollectiveTimeout naming the late ones).
+        With `fetch`, each bucket's tensors (`meta` indices) are asked for when it is sent instead (a sharded
+        learner gathers them then: actors/sharded.py), and `state_dict` is not read."""
         import torch.distributed as dist
 
         g, src = self._group(group), self.spec.groups[group][0]
@@ -238,8 +241,8 @@ class Collective:
         tensors = list(state_dict.values())
         plan = bucket_plan(meta, self.spec.bucket_bytes)
         for idx in plan:
-            flat = torch.cat([tensors[i].detach().to(self.device).contiguous().reshape(-1).view(torch.uint8)
-                              for i in idx])
+            part = fetch(idx) if fetch is not None else [tensors[i] for i in idx]
+            flat = torch.cat([t.detach().to(self.device).contiguous().reshape(-1).view(torch.uint8) for t in part])
             with self._timed(group, "receive the weight broadcast", self.spec.groups[group][1:]):
                 dist.broadcast(flat, src=src, group=g)
         return len(plan)

@@ -94,6 +94,10 @@ class LoraConfig(_Base):
     alpha: int = Field(32, ge=1, description="LoRA alpha.")
 
 
+class FsdpConfig(_Base):
+    offload: bool = Field(False, description="learner.strategy fsdp: keep the parameter shards and AdamW state in pinned host memory and step AdamW on the CPU (torch CPUOffloadPolicy): less GPU memory, slower steps. GPU learners only (a CPU learner's shards are in host memory already: ignored with a warning).")
+
+
 class LearnerConfig(_Base):
     lr: float = Field(1e-6, gt=0, description="AdamW learning rate.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
@@ -109,3 +113,6 @@ class LearnerConfig(_Base):
     ppo_epochs: int = Field(1, ge=1, description="Passes over each batch.")
     lora: LoraConfig = Field(default_factory=LoraConfig, description="Optional LoRA.")
     num_workers: int = Field(1, ge=1, description="Data-parallel learner actors (Ray mode): replicas over torch.distributed (gloo on CPU, NCCL on GPU), each forwarding its share of a batch's rows, gradients summed over the group; rank 0 publishes and checkpoints.")
+    strategy: Literal["replicate", "fsdp"] = Field("replicate", description="How W = num_workers learner ranks hold the model: 'replicate' = a full fp32 replica + AdamW state per rank (16 bytes/parameter each), gradients all-reduced; 'fsdp' = torch FSDP2 (fully_shard per decoder layer and the root): weights, gradients and AdamW state sharded over the ranks (~16/W bytes/parameter each), layers all-gathered while they run, gradients reduce-scattered in fp32; compute in model.dtype. With num_workers 1 both are the same single process.")
+    fsdp: FsdpConfig = Field(default_factory=FsdpConfig, description="Options of learner.strategy fsdp.")
+    max_tokens_per_micro_batch: int | None = Field(None, ge=1, description="Token-budget micro-batches: rows sorted by length and packed so a micro-batch's padded size (rows x its longest row) stays within this many tokens (a longer row is a micro-batch of its own); ranks get balanced token counts. Replaces micro_batch_size's row count. None = micro_batch_size rows per micro-batch.")

@@ -32,7 +32,12 @@ class LearnerWorker(WorkerBase):
 
     The model sits on `model.device` with fp32 master weights (and fp32 AdamW state); with `model.dtype`
     bf16/fp16 the learner computes under autocast and publishes weights cast to that dtype, which is what
-    the engines hold. The probe sent with a packet is computed with exactly the published weights."""
+    the engines hold. The probe sent with a packet is computed with exactly the published weights.
+
+    `learner.strategy: fsdp` (W > 1): `join` shards the model over the learner group instead (learner/fsdp.py);
+    each rank then holds 1/W of the weights, gradients and AdamW state. Publishing and checkpoints all-gather
+    from the shards a bucket at a time, so the driver calls them on EVERY rank (services/ `Fleet.on_learners`);
+    rank 0 returns the result, the others take part in the gathers and return nothing."""
 
     def __init__(self, model_cfg: ModelConfig, lc: LearnerConfig, seed: int, model_path: str, rank: int = 0) -> None:
         from actors.device import DTYPES, resolve_device
@@ -64,7 +69,10 @@ class LearnerWorker(WorkerBase):
                                ppo_clip_high=lc.ppo_clip_high, kl_coef=lc.kl_coef, aggregation=lc.aggregation,
                                grad_clip=lc.grad_clip, micro_batch_size=lc.micro_batch_size,
                                ppo_epochs=lc.ppo_epochs, ref_model=ref, skip_zero_advantage=lc.skip_zero_advantage,
-                               device=self.device, compute_dtype=self.dtype)
+                               device=self.device, compute_dtype=self.dtype,
+                               max_tokens_per_micro_batch=lc.max_tokens_per_micro_batch)
+        self.strategy, self.fsdp_offload = lc.strategy, lc.fsdp.offload
+        self.dp_rank = 0  # rank in the learner group (0 publishes and saves)
         self.probe = probe_ids(load_tokenizer(path))
         self.rank = rank
         self._published: tuple[dict[str, torch.Tensor], Any] | None = None
@@ -85,9 +93,30 @@ class LearnerWorker(WorkerBase):
         super().join(spec, rank)
         ranks = spec.groups.get(LEARNER_GROUP, [rank])
         if len(ranks) > 1:
-            self.learner.set_data_parallel(ranks.index(rank), len(ranks),
-                                           lambda ts: self.collective.all_reduce_(ts, LEARNER_GROUP))
+            self.dp_rank = ranks.index(rank)
+
+            def reduce(ts: list[torch.Tensor]) -> None:
+                self.collective.all_reduce_(ts, LEARNER_GROUP)
+
+            if self.strategy == "fsdp":
+                from torch.distributed.device_mesh import DeviceMesh
+
+                from learner.fsdp import shard_learner
+
+                mesh = DeviceMesh.from_group(self.collective.groups[LEARNER_GROUP], self.device.type)
+                ignored = shard_learner(self.learner, mesh, rank=self.dp_rank, world=len(ranks), all_reduce=reduce,
+                                        offload=self.fsdp_offload)
+                if ignored:
+                    import warnings
+
+                    warnings.warn(f"{ignored}: ignored", stacklevel=1)
+            else:
+                self.learner.set_data_parallel(self.dp_rank, len(ranks), reduce)
         return rank
+
+    @property
+    def sharded(self) -> bool:
+        return self.learner.sharded
 
     def update(self, scored: ScoredBatch) -> UpdateStats:
         """One PPO step on `scored` (learner/learner.py), its stats with the wall time it took."""
@@ -98,6 +127,10 @@ class LearnerWorker(WorkerBase):
     def _merged_state(self) -> dict[str, torch.Tensor]:
         """CPU state dict in the engines' dtype (LoRA merged into the base weights)."""
         model = self.learner.model
+        if self.sharded:
+            from actors.sharded import sharded_published_state
+
+            return sharded_published_state(model, self.dtype, lora=self.lora, keep=self.dp_rank == 0)
         if self.lora:
             import copy
 
@@ -112,6 +145,9 @@ class LearnerWorker(WorkerBase):
         `sd` itself is not read (no second upload of the whole state dict to the device)."""
         from actors.engines.base import probe_logprobs
 
+        if self.sharded:  # every rank runs it (FSDP all-gathers each layer); weights in the published dtype
+            with torch.no_grad():
+                return probe_logprobs(self.learner.model, self.probe)
         if self.dtype == torch.float32 or self.lora:
             return probe_logprobs(self.learner.model, self.probe)
         return self.learner.probe_logp(self.probe, self.dtype)
@@ -131,6 +167,14 @@ class LearnerWorker(WorkerBase):
         only their description + probe (small; the driver hands it to the receivers)."""
         from actors.collective import meta_of
 
+        if self.sharded:  # the weights are gathered bucket by bucket while they are broadcast
+            from actors.sharded import published_meta
+
+            self.learner.model.eval()
+            meta = published_meta(self.learner.model, self.dtype, self.lora, self.learner.version,
+                                  self._probe({}))
+            self._published = ({}, meta)
+            return meta
         sd, probe = self._published_weights()
         meta = meta_of(sd, self.learner.version, probe)
         self._published = (sd, meta)
@@ -142,6 +186,12 @@ class LearnerWorker(WorkerBase):
             raise RuntimeError("broadcast_weights before publish_meta")
         sd, meta = self._published
         t0 = time.perf_counter()
+        if self.sharded:
+            from actors.sharded import broadcast_from_shards
+
+            buckets = broadcast_from_shards(self.collective, self.learner.model, meta, group, lead=self.dp_rank == 0,
+                                            lora=self.lora)
+            return {"version": meta.version, "seconds": time.perf_counter() - t0, "buckets": buckets}
         buckets = self.collective.broadcast_state(sd, meta, group)
         return {"version": meta.version, "seconds": time.perf_counter() - t0, "buckets": buckets}
 
@@ -165,12 +215,26 @@ class LearnerWorker(WorkerBase):
         """CPU copies of tensors `names` of `kind` (cloned: tied embeddings share storage, which safetensors
         refuses to save)."""
         src = self._ckpt[kind]
+        if self.sharded:  # every rank all-gathers the chunk; rank 0 returns it
+            from learner.fsdp import gather_full
+
+            return gather_full({k: src[k] for k in names}, keep=self.dp_rank == 0)
         return {k: src[k].detach().to("cpu", copy=True).contiguous() for k in names}
 
     def restore_chunk(self, kind: str, tensors: dict[str, torch.Tensor]) -> int:
         """Receive one chunk of a checkpoint (model weights are loaded at once; optimizer tensors are kept
         until `restore_end`)."""
-        if kind == "model":
+        if kind == "model" and self.sharded:  # full tensors in, this rank's shards written (any W saved them)
+            from learner.fsdp import load_full_
+
+            sd = self.learner.model.state_dict()
+            unknown = sorted(set(tensors) - set(sd))
+            if unknown:
+                raise KeyError(f"checkpoint weights not in the model: {unknown[:5]}")
+            for k, v in tensors.items():
+                load_full_(sd[k], v)
+            self._restored_model |= set(tensors)
+        elif kind == "model":
             missing_ok = self.learner.model.load_state_dict({k: v.to(self.device) for k, v in tensors.items()},
                                                             strict=False)
             if missing_ok.unexpected_keys:
@@ -190,6 +254,11 @@ class LearnerWorker(WorkerBase):
         opt = self._restored_opt
         rng = opt.pop("torch_rng")
         state = unpack(opt, meta["optimizer"])  # AdamW's load_state_dict moves its state to the params' device
+        if self.sharded:  # full moments -> this rank's shards
+            from learner.fsdp import shard_optimizer_state
+
+            params = [p for p in self.learner.model.parameters() if p.requires_grad]
+            state = {**state, "optimizer": shard_optimizer_state(state["optimizer"], params)}
         self.learner.load_state(state)
         torch.set_rng_state(rng.cpu())
         self._restored_model, self._restored_opt = set(), {}

@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from learner.batch import ScoredBatch, UpdateStats
+from learner.fsdp import as_float
 from learner.logprobs import (
     LOGITS_CHUNK_TOKENS,
     autocast_context,
@@ -44,6 +45,7 @@ from learner.logprobs import (
     token_logprobs_entropy,
 )
 from learner.losses import ppo_clip_loss
+from learner.microbatch import plan_micro_batches
 
 
 def make_adamw(
@@ -81,6 +83,7 @@ class Learner:
         all_reduce: AllReduce | None = None,
         keep_logits: bool = True,
         logits_chunk_tokens: int = LOGITS_CHUNK_TOKENS,
+        max_tokens_per_micro_batch: int | None = None,
     ) -> None:
         if kl_coef > 0 and ref_model is None:
             raise ValueError("kl_coef > 0 needs a ref_model")
@@ -104,6 +107,9 @@ class Learner:
             keep_logits  # LM head only at the positions the loss reads (benchmarks turn it off)
         )
         self.logits_chunk_tokens = logits_chunk_tokens  # rows x positions whose logits exist at once
+        # token-budget micro-batches (learner/microbatch.py); None = micro_batch_size rows each
+        self.max_tokens_per_micro_batch = max_tokens_per_micro_batch
+        self.sharded = False  # FSDP-sharded model (learner/fsdp.py shard_learner): no gradient all-reduce
         self.version = 0
 
     def update(self, scored: ScoredBatch) -> UpdateStats:
@@ -124,7 +130,16 @@ class Learner:
         fwd = mask[rows]  # (n_train, T) generated tokens that are forwarded
         n_fwd_tok, n_fwd_rows = max(int(fwd.sum()), 1), max(len(rows), 1)
         n_forwarded = len(rows)
-        rows = rows[self.dp_rank :: self.dp_world]  # this rank's share (all of them when not data parallel)
+        # this rank's share (all of them when not data parallel), in micro-batches: learner/microbatch.py
+        plan = plan_micro_batches(
+            rows,
+            attn.sum(-1),
+            rank=self.dp_rank,
+            world=self.dp_world,
+            micro_batch_size=self.micro_batch_size,
+            max_tokens=self.max_tokens_per_micro_batch,
+            equalize=self.sharded,
+        )
         # loss/pg_loss are the full-batch values (skipped rows add exactly 0); the PPO diagnostics are means
         # over the forwarded rows (a zero-advantage row's ratio says nothing about the update)
         totals: dict[str, float] = {"loss": 0.0, "pg_loss": 0.0}
@@ -134,8 +149,8 @@ class Learner:
         grad_norm = 0.0
         for _ in range(self.ppo_epochs):
             self.optimizer.zero_grad(set_to_none=True)
-            for s in range(0, len(rows), self.micro_batch_size):
-                sl = rows[s : s + self.micro_batch_size]  # (b,) row indices of this micro-batch
+            for mb in plan:
+                sl = mb.rows  # (b,) row indices of this micro-batch
                 m = mask[sl]
                 T_mb = int(attn[sl].sum(-1).max())  # trim right padding of this micro-batch
                 dev = self.device
@@ -172,11 +187,11 @@ class Learner:
                     else float(((ent * m).sum(-1) / m.sum(-1).clamp(min=1)).mean())
                 )
                 m_tok, m_rows = int(m.sum()), int(m.any(-1).sum())
-                scale = (m_tok / n_tok) if tok else (m_rows / n_rows)
+                scale = ((m_tok / n_tok) if tok else (m_rows / n_rows)) * mb.weight  # weight 0: FSDP padding
                 (loss * scale).backward()
                 totals["loss"] += float(loss.detach()) * scale
                 totals["pg_loss"] += st.pop("pg_loss") * scale
-                d_scale = (m_tok / n_fwd_tok) if tok else (m_rows / n_fwd_rows)
+                d_scale = ((m_tok / n_fwd_tok) if tok else (m_rows / n_fwd_rows)) * mb.weight
                 for k, v in st.items():
                     diag[k] = diag.get(k, 0.0) + v * d_scale
             for p in params:
@@ -184,12 +199,12 @@ class Learner:
                     p.grad is None
                 ):  # nothing was forwarded: a zero gradient, same optimizer step as computing it
                     p.grad = torch.zeros_like(p)
-            if self.dp_world > 1:
+            if self.dp_world > 1 and not self.sharded:  # sharded: FSDP reduce-scattered them in backward
                 assert self.all_reduce is not None
                 self.all_reduce(
                     [p.grad for p in params if p.grad is not None]
                 )  # sum over ranks: the batch gradient
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, self.grad_clip))
+            grad_norm = as_float(torch.nn.utils.clip_grad_norm_(params, self.grad_clip))
             self.optimizer.step()
             # free the gradients now (a model-sized buffer), not at the next update: the weight publication,
             # probe and rollouts between updates run without them

@@ -112,6 +112,34 @@ def lm_parts(model: nn.Module) -> tuple[nn.Module, nn.Module] | None:
     return decoder, head
 
 
+def _fsdp_root(model: nn.Module) -> bool:
+    """Whether `model` is an FSDP2-sharded root (learner/fsdp.py): its own parameters (embeddings, final norm,
+    LM head) are gathered by its forward, not by its decoder's."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
+
+
+def _hidden_through_root(
+    model: nn.Module, decoder: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kw: Any
+) -> torch.Tensor:
+    """(B, T, H) final hidden states of `decoder`, run through the FSDP root's forward so the root's parameters
+    are all-gathered (and stay gathered for the LM head and the backward: FSDP keeps the root's unsharded after
+    its forward). The root's own logits are asked for one position only; the decoder's output is taken by a
+    forward hook."""
+    got: list[torch.Tensor] = []
+
+    def take(mod: nn.Module, args: Any, out: Any) -> None:
+        got.append(out.last_hidden_state)
+
+    handle = decoder.register_forward_hook(take)
+    try:
+        model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, logits_to_keep=1, **kw)
+    finally:
+        handle.remove()
+    return got[0]
+
+
 def _chunk_logprobs(
     h: torch.Tensor,
     tgt: torch.Tensor,
@@ -220,9 +248,12 @@ def token_logprobs_entropy(
     head: nn.Module | None
     if parts is not None:
         decoder, head = parts
-        h = decoder(
-            input_ids=input_ids, attention_mask=attention_mask.long(), use_cache=False, **kw
-        ).last_hidden_state
+        if _fsdp_root(model):
+            h = _hidden_through_root(model, decoder, input_ids, attention_mask.long(), **kw)  # (B, T, H)
+        else:
+            h = decoder(
+                input_ids=input_ids, attention_mask=attention_mask.long(), use_cache=False, **kw
+            ).last_hidden_state
         h = h[:, cut]  # (B, P, H)
     else:
         head = None

@@ -17,11 +17,12 @@ def save_fleet_checkpoint(rundir: RunDir, fleet: Fleet, step: int, pending_rollo
                           pending_scored: list[Any], driver_state: dict[str, Any]) -> Path:
     """Write checkpoint `step`: learner model + optimizer (streamed from rank 0), the teacher snapshot, the
     batches generated or scored but not yet trained on, the driver's state. Returns its directory."""
-    lead = fleet.learner
+    def lead_result(method: str, *args: Any) -> Any:  # rank 0's (a sharded learner's ranks all take part)
+        return gather(fleet.learners, fleet.on_learners(method, *args))[0]
 
     def write_learner(d: Path) -> None:
-        plan = lead.get(lead.checkpoint_plan(CHUNK_BYTES))
-        save_learner(d, plan, lambda kind, names: lead.get(lead.checkpoint_chunk(kind, names)))
+        plan = lead_result("checkpoint_plan", CHUNK_BYTES)
+        save_learner(d, plan, lambda kind, names: lead_result("checkpoint_chunk", kind, names))
 
     snapshot = fleet.teacher.get(fleet.teacher.snapshot_state())
     return rundir.save_checkpoint(step, write_learner, pending_rollouts=pending_rollouts,

@@ -229,6 +229,13 @@ def ignored_settings(cfg: Config) -> list[tuple[str, str]]:
     if "vllm" not in (cfg.rollout.engine, cfg.stepopsd.teacher_engine):
         for f in sorted(_set(cfg.rollout.vllm)):
             out.append((f"rollout.vllm.{f}", "neither rollout.engine nor stepopsd.teacher_engine is vllm"))
+    lc = cfg.learner
+    if lc.strategy == "fsdp" and lc.num_workers == 1:
+        out.append(("learner.strategy", "learner.num_workers is 1: one rank holds the whole model either way"))
+    if (lc.strategy != "fsdp" or lc.num_workers == 1) and lc.fsdp.offload:
+        out.append(("learner.fsdp.offload", "the learner is not sharded (learner.strategy fsdp with num_workers > 1)"))
+    if lc.max_tokens_per_micro_batch is not None and "micro_batch_size" in _set(lc):
+        out.append(("learner.micro_batch_size", "learner.max_tokens_per_micro_batch sets the micro-batches"))
     return out
 
 

@@ -124,16 +124,16 @@ class WeightSync:
         """Submit the publication; returns the receivers' (rollout sync, teacher refresh) result refs."""
         f = self.fleet
         if self.mode == "collective":
-            meta = f.learner.publish_meta()
-            self._sent = [f.learner.broadcast_weights("rollout")]
+            metas = f.on_learners("publish_meta")  # a sharded learner: every rank runs the probe's forward
+            meta = metas[0]
+            self._sent = metas[1:] + f.on_learners("broadcast_weights", "rollout")
             syncs = [h.receive_weights(meta, "rollout") for h in f.rollouts]
             refreshes = []
             if refresh_teachers:
-                self._sent.append(f.learner.broadcast_weights("teacher"))
+                self._sent += f.on_learners("broadcast_weights", "teacher")
                 refreshes = [t.receive_refresh(meta, "teacher") for t in f.teachers]
             return syncs, refreshes
-        self._sent = []
-        packet = f.learner.publish()
+        packet, *self._sent = f.on_learners("publish")  # rank 0's packet; other ranks' (sharded) only gather
         syncs = [h.load_weights(packet) for h in f.rollouts]
         return syncs, ([t.refresh(packet) for t in f.teachers] if refresh_teachers else [])
 

@@ -210,8 +210,9 @@ class Trainer:
             start, teacher_version = resume.next_step, resume.teacher_version
             self.schedule.load_state_dict(resume.schedule)
             restore_fleet(fleet, resume.checkpoint)
-            packet = fleet.learner.publish()
+            packet, *others = fleet.on_learners("publish")  # every rank of a sharded learner takes part
             gather(fleet.rollouts, [h.load_weights(packet) for h in fleet.rollouts])
+            gather(fleet.learners[1:], others)
             # batches generated / scored before the checkpoint keep their old policy version: replay them
             pipe.rollouts = {m: [[fleet.put(b), fleet.put(s)]] for m, (b, s) in resume.pending_rollouts.items()
                              if m < cfg.run.steps}

@@ -255,6 +255,14 @@ class Fleet:
     weight_sync: str = "object_store"
     resources: dict[str, dict[str, Any]] | None = None  # role -> what each of its actors was given
     started_ray: bool = False  # build_fleet started a local Ray instance (its owner stops it)
+    sharded_learner: bool = False  # learner.strategy fsdp over W > 1 ranks: publish/checkpoint calls go to all
+
+    def on_learners(self, method: str, *args: Any) -> list[Any]:
+        """Submit `method(*args)` to the learner ranks that take part in it: every rank when the learner is
+        sharded (each holds a shard; the call all-gathers over the group and rank 0 returns the result), else
+        rank 0 alone. Rank 0's result first."""
+        ranks = self.learners if self.sharded_learner else self.learners[:1]
+        return [getattr(h, method)(*args) for h in ranks]
 
     @property
     def rollout(self) -> Handle[RolloutWorker]:
@@ -371,7 +379,8 @@ def build_fleet(cfg: Config, model_path: str, snapshot_path: str) -> Fleet:
                 for w in range(cfg.learner.num_workers)]
     resources = None if not remote else {role: res.model_dump() for role, res in
                  (("env", r.env), ("rollout", r.rollout), ("teacher", r.teacher), ("learner", r.learner))}
-    fleet = Fleet(envs, rollouts, teachers, learners, remote, cfg.pipeline.weight_sync, resources, started)
+    fleet = Fleet(envs, rollouts, teachers, learners, remote, cfg.pipeline.weight_sync, resources, started,
+                  sharded_learner=remote and cfg.learner.strategy == "fsdp" and len(learners) > 1)
     if remote:  # every actor placed and its __init__ done within pipeline.start_timeout_s, else the late one named
         wait_started(fleet.members(), cfg.pipeline.start_timeout_s, {(ro, i): q for ro, i, q in actor_requests(cfg)})
     if remote and (len(learners) > 1 or cfg.pipeline.weight_sync == "collective"):
