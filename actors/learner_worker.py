@@ -121,6 +121,10 @@ class LearnerWorker(WorkerBase):
     def update(self, scored: ScoredBatch) -> UpdateStats:
         """One PPO step on `scored` (learner/learner.py), its stats with the wall time it took."""
         t0 = time.perf_counter()
+        if self.sharded:  # the shards registered, whatever ran since (learner/fsdp.py reshard)
+            from learner.fsdp import reshard
+
+            reshard(self.learner.model)
         stats = self.learner.update(scored)
         return replace(stats, update_seconds=time.perf_counter() - t0)
 
@@ -146,8 +150,12 @@ class LearnerWorker(WorkerBase):
         from actors.engines.base import probe_logprobs
 
         if self.sharded:  # every rank runs it (FSDP all-gathers each layer); weights in the published dtype
+            from learner.fsdp import reshard
+
             with torch.no_grad():
-                return probe_logprobs(self.learner.model, self.probe)
+                out = probe_logprobs(self.learner.model, self.probe)
+            reshard(self.learner.model)  # FSDP keeps the root gathered after a forward; training needs its shards
+            return out
         if self.dtype == torch.float32 or self.lora:
             return probe_logprobs(self.learner.model, self.probe)
         return self.learner.probe_logp(self.probe, self.dtype)

@@ -93,6 +93,17 @@ def shard_model(model: nn.Module, mesh: Any, **policies: Any) -> nn.Module:
     return model
 
 
+def reshard(model: nn.Module) -> None:
+    """Free the gathered parameters of every unit and register the shards again. FSDP leaves the ROOT's
+    parameters gathered after a forward (expecting a backward); after a no-grad forward (the weight-sync probe)
+    `model.parameters()` would otherwise yield the gathered plain tensors, not the DTensor shards AdamW holds."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for m in model.modules():
+        if isinstance(m, FSDPModule):
+            m.reshard()
+
+
 def as_float(x: torch.Tensor | float) -> float:
     """A scalar that may be a DTensor (clip_grad_norm_ over DTensor gradients returns a replicated one)."""
     from torch.distributed.tensor import DTensor

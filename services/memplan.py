@@ -27,11 +27,13 @@ Logits, as learner/learner.py computes them today -- the (b, K, V) logits at the
 that predict a generated token are materialised: compute-dtype logits, their fp32 copy (saved for logsumexp's
 backward), logsumexp's temporary or the entropy's masked copy, then the entropy's 512-row chunks: forward peak
 10bKV + 8 x min(512, bK) x V, backward 16bKV (both measured on CPU with Qwen2.5's vocabulary: 12-14 and 16.2
-bytes per logit). When learner/logprobs.py chunks the LM head (`LOGITS_CHUNK_TOKENS`, work in progress) the plan
+bytes per logit). When learner/logprobs.py chunks the LM head (`LOGITS_CHUNK_TOKENS`) the plan
 reads the chunk and uses ~18 bytes x chunk x V instead (that module's own figure). kl_coef > 0 adds the
 reference model (c x P) and its no-grad logits (10bKV) on top of the policy's saved fp32 logits (4bKV).
 Publishing: LoRA merges a deep copy of the model (4P); full weights: the state dict cast to c on the device
 (c x P). Peak = the largest phase (end of forward, backward, optimizer step, publish) + the CUDA context.
+The learner's plan is services/memplan_learner.py, which also plans `learner.strategy: fsdp` (the state
+sharded over the ranks: 16P/W per rank, plus the gathered root and layers).
 
 vLLM engines (rollout; teacher with stepopsd.teacher_engine vllm): vLLM takes gpu_memory_utilization of the whole
 GPU and fits weights (cP), its profiled activations (max_num_batched_tokens tokens of c(3i + 4h + q + 2kv),
@@ -117,6 +119,8 @@ class ModelDims:
     vocab: int
     qk_norm: bool
     lora_params: int = 0  # adapters of learner.lora (r), when asked for
+    layer_params: int = 0  # one decoder layer's parameters (an FSDP unit); P - L x this = the root's
+    largest_tensor: int = 0  # elements of the largest parameter (the embedding): what a sharded publish gathers
 
 
 def model_config_dir(path: str, cache_dir: str = "~/.cache/stepopsd", stage_dir: str | None = None) -> Path | None:
@@ -156,10 +160,12 @@ def model_dims(config_dir: str, lora_r: int = 0) -> ModelDims:
     head_dim = int(getattr(cfg, "head_dim", None) or h // heads)
     kv_heads = int(getattr(cfg, "num_key_value_heads", None) or heads)
     qk_norm = any(n.endswith("q_norm.weight") for n, _ in model.named_parameters())
+    layer = sum(p.numel() for p in model.get_decoder().layers[0].parameters())
+    largest = max(p.numel() for p in model.parameters())
     return ModelDims(source=str(Path(config_dir) / "config.json"), model_type=str(cfg.model_type), params=params,
                      layers=int(cfg.num_hidden_layers), hidden=h, intermediate=int(cfg.intermediate_size),
                      q_dim=heads * head_dim, kv_dim=kv_heads * head_dim, vocab=int(cfg.vocab_size),
-                     qk_norm=qk_norm, lora_params=lora)
+                     qk_norm=qk_norm, lora_params=lora, layer_params=layer, largest_tensor=largest)
 
 
 def act_per_token_layer(d: ModelDims, c: int, lora: bool = False) -> int:
@@ -188,23 +194,13 @@ class CodeModel:
 
 
 def detect_code() -> CodeModel:
-    """The CodeModel of the code in this tree (a chunked LM head shows as learner.logprobs.LOGITS_CHUNK_TOKENS; a
-    token cap as HFEngine's `score_max_tokens`); today's when they are absent or do not import."""
-    chunk = cap = None
-    try:
-        from learner import logprobs as lmod
+    """The CodeModel of the code in this tree: the learner's LM-head chunk (learner.logprobs.LOGITS_CHUNK_TOKENS)
+    and the HF teacher's cap on a forward's padded tokens (HFEngine's `score_max_tokens` default)."""
+    from actors.engines.hf import HFEngine
+    from learner.logprobs import LOGITS_CHUNK_TOKENS
 
-        chunk = getattr(lmod, "LOGITS_CHUNK_TOKENS", None)
-    except Exception:  # noqa: BLE001, S110 -- being edited: plan for the committed code
-        pass
-    try:
-        from actors.engines.hf import HFEngine
-
-        p = inspect.signature(HFEngine.__init__).parameters.get("score_max_tokens")
-        cap = p.default if p is not None and isinstance(p.default, int) else None
-    except Exception:  # noqa: BLE001, S110
-        pass
-    return CodeModel(chunk if isinstance(chunk, int) and chunk > 0 else None, cap)
+    cap = inspect.signature(HFEngine.__init__).parameters["score_max_tokens"].default
+    return CodeModel(LOGITS_CHUNK_TOKENS, cap)
 
 
 # ---------------------------------------------------------------------------------------------- the plan
@@ -256,67 +252,6 @@ def _phases(phases: dict[str, list[tuple[str, float, str]]]) -> tuple[str, list[
 
 def _n(x: float) -> str:
     return f"{x / 1e9:.2f}B" if x >= 1e8 else f"{x / 1e6:.1f}M"
-
-
-def learner_plan(cfg: Any, d: ModelDims, code: CodeModel) -> tuple[str, list[tuple[str, float, str]], float, list[str]]:
-    """(peak phase, its terms, peak bytes, notes) of one learner rank (module docstring)."""
-    lc, mc = cfg.learner, cfg.model
-    c = 4 if mc.dtype == "float32" else 2
-    autocast = c == 2
-    lora = lc.lora.enabled
-    P, Pl = d.params, d.lora_params
-    Pt = Pl if lora else P
-    T, b = mc.max_context, lc.micro_batch_size
-    G = cfg.rollout.max_turns * cfg.rollout.sampling.max_new_tokens
-    K = min(T - 1, b * G)
-    N, V, h, L = b * T, d.vocab, d.hidden, d.layers
-    A = act_per_token_layer(d, c, lora)
-    weights = [("weights, fp32 master", 4.0 * P, f"4 B x {_n(P)} params")]
-    if lora:
-        weights.append(("LoRA adapters, fp32", 4.0 * Pl, f"4 B x {_n(Pl)} (r {lc.lora.r}, all linears)"))
-    state = weights + [("grads, fp32", 4.0 * Pt, f"4 B x {_n(Pt)} trainable"),
-                       ("AdamW exp_avg + exp_avg_sq, fp32", 8.0 * Pt, f"8 B x {_n(Pt)} trainable")]
-    if lc.kl_coef > 0:
-        state.append(("reference model (kl_coef > 0)", float(c * P), f"{c} B x {_n(P)}"))
-    ctx = [("CUDA context + workspaces", CUDA_CONTEXT, "estimate")]
-    cache = ([("autocast weight-cast cache", float(c * Pt), f"{c} B x {_n(Pt)} trainable, whole forward")]
-             if autocast else [])
-    if lc.gradient_checkpointing:
-        saved = [("activations, checkpointed", float(N * (4 * h * L + 8 * h)),
-                  f"bT x (4h x {L} layers + 8h), b {b}, T {T}")]
-        recompute = [("one layer recomputed + hidden grads", float(N * (A + 8 * h)), f"bT x (A {A} B + 8h)")]
-        kept_casts: list[tuple[str, float, str]] = []
-    else:
-        saved = [("activations", float(N * (A * L + 8 * h)), f"bT x (A {A} B x {L} layers + 8h), b {b}, T {T}")]
-        recompute = []
-        kept_casts = [("weight casts saved for backward", float(c * P), f"{c} B x {_n(P)}")] if autocast else []
-    if b > 1:
-        saved.append(("padding mask", float(b * T * T), "b T^2 bool"))
-    bKV = b * K * V
-    if code.learner_logits_chunk:
-        n = min(code.learner_logits_chunk, b * K)
-        lf = lb = [("logits, chunked LM head", 18.0 * n * V, f"18 B x {n} tokens x V {V}")]
-    else:
-        ent = 8.0 * min(ENTROPY_CHUNK_ROWS, b * K) * V
-        lf = [("logits (b,K,V), forward", 10.0 * bKV + ent,
-               f"10 B x b {b} x K {K} x V {V} + entropy chunks")]
-        lb = [("logits (b,K,V), backward", 16.0 * bKV, f"16 B x b {b} x K {K} x V {V}")]
-        if lc.kl_coef > 0:
-            lf = max(lf, [("logits: policy saved + reference fwd", 14.0 * bKV, f"(4 + 10) B x b x K {K} x V")],
-                     key=lambda t: t[0][1])
-    if lc.kl_coef > 0 and code.learner_logits_chunk:
-        lf = [(lf[0][0] + " (+ reference)", 2 * lf[0][1], "policy + reference chunks")]
-    publish = ([("merged deep copy of the model (LoRA)", 4.0 * (P + Pl), "4 B x params")] if lora
-               else [("published state dict on the device", float(c * P), f"{c} B x {_n(P)}")])
-    name, terms, peak = _phases({
-        "end of forward": state + cache + saved + lf + ctx,
-        "backward": state + saved + recompute + kept_casts + lb + ctx,
-        "optimizer step": state + [("foreach AdamW sqrt temporary", 4.0 * Pt, f"4 B x {_n(Pt)}")] + ctx,
-        "publish": state + publish + ctx,
-    })
-    notes = [f"K = min(T - 1, b x max_turns x max_new_tokens) = {K} kept positions; "
-             f"{'no ' if not lc.gradient_checkpointing else ''}gradient checkpointing"]
-    return name, terms, peak, notes
 
 
 def _vllm_batched_tokens(gpu: Gpu) -> int:
@@ -434,6 +369,8 @@ def memory_plan(cfg: Any, cluster: dict[str, Any], placed: dict[tuple[str, int],
         engine = {"rollout": cfg.rollout.engine, "teacher": cfg.stepopsd.teacher_engine}.get(role)
         problem = None
         if role == "learner":
+            from services.memplan_learner import learner_plan
+
             plan.phase, plan.terms, plan.peak, plan.notes = learner_plan(cfg, dims, code)
         elif engine == "vllm" and gpu is not None:
             mml = cfg.model.max_context * (2 if role == "teacher" else 1)
@@ -453,6 +390,10 @@ def memory_plan(cfg: Any, cluster: dict[str, Any], placed: dict[tuple[str, int],
         elif budget is not None and plan.peak > budget:
             plan.problem = (f"planned {gib(plan.peak)} > {gib(budget)} usable of {gpu.model} "
                             f"({gpu.mib} MiB x {plan.share:g} - {FRAGMENTATION_RESERVE:.0%} reserve)")
+            if role == "learner":
+                from services.memplan_learner import why_learner
+
+                plan.problem += why_learner(cfg, dims, budget)
     return out
 
 

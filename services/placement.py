@@ -288,9 +288,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--gpu-memory-gib", type=float, default=None,
                    help="GPU memory of every GPU node (node types without an InstanceType in "
                         "services/memplan.GPU_MIB, e.g. a local-provider cluster's hosts)")
-    p.add_argument("--committed-code", action="store_true",
-                   help="plan for the committed learner/teacher code (materialised logits) even where this tree "
-                        "chunks them")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.set_defaults(func=run)
 
@@ -301,7 +298,7 @@ def run(args: argparse.Namespace) -> int:
     import yaml
 
     from services.config import load_config
-    from services.memplan import CodeModel, detect_code, format_plan, memory_plan
+    from services.memplan import detect_code, format_plan, memory_plan
 
     cfg = load_config(args.config, args.overrides)
     cluster = yaml.safe_load(Path(args.cluster).read_text())
@@ -314,7 +311,7 @@ def run(args: argparse.Namespace) -> int:
     for n in used:
         print(f"  {n.kind:<12} {', '.join(n.actors)}")
     print(f"cluster check: {len(reqs)} actors placed on {len(used)} nodes of {args.cluster}")
-    code = CodeModel() if getattr(args, "committed_code", False) else detect_code()
+    code = detect_code()
     plans = memory_plan(cfg, cluster, placed_on(used), code, getattr(args, "gpu_memory_gib", None))
     for line in format_plan(plans, code):
         print(line)

@@ -84,7 +84,7 @@ def test_cluster_check_prints_the_plan_and_fails_on_the_old_node(tmp_path):
     assert "every GPU actor fits" in r.stdout
     old = tmp_path / "old.yaml"
     old.write_text(yaml.safe_dump(_old_cluster()))
-    r = check("--config", "deploy/configs/alfworld_qwen2.5_3b.yaml", "--cluster", str(old), "--committed-code")
+    r = check("--config", "deploy/configs/alfworld_qwen2.5_3b.yaml", "--cluster", str(old))
     assert r.returncode == 1
     line = [x for x in r.stderr.splitlines() if x.startswith("cluster check: learner 0")]
     assert line and "does not fit on learner_gpu: planned" in line[0] and "NVIDIA L40S" in line[0], r.stderr
@@ -167,3 +167,54 @@ def test_logits_terms_bound_what_the_learner_path_uses():
         planned_fwd, planned_bwd = 10 + 8 * min(512, K) / K, 16.0
     assert fwd <= planned_fwd + 0.5 and bwd <= planned_bwd + 0.5, (fwd, bwd, planned_fwd, planned_bwd)
     assert bwd > 0.75 * planned_bwd, (bwd, planned_bwd)  # not a loose bound either
+
+
+# ------------------------------------------------------------------ learner.strategy: the 7B preset
+PRESET_7B = ROOT / "deploy/configs/alfworld_qwen2.5_7b_fsdp.yaml"
+
+
+def test_7b_dims_split_into_fsdp_units():
+    d = model_dims(str(MODELS / "Qwen--Qwen2.5-7B-Instruct"))  # the real Qwen2 on the meta device
+    h, i, q, kv = d.hidden, d.intermediate, d.q_dim, d.kv_dim
+    # a layer: q/k/v with biases, o without, SwiGLU's three matrices, two RMSNorm weights
+    assert d.layer_params == h * q + q + 2 * (h * kv + kv) + q * h + 3 * h * i + 2 * h
+    assert d.params - d.layers * d.layer_params == 2 * d.vocab * h + h  # root: untied embedding + LM head + norm
+    assert d.largest_tensor == d.vocab * h
+
+
+@pytest.mark.parametrize("code", ["committed", "tree"])
+def test_7b_preset_fits_with_fsdp_and_is_refused_with_replicate(code):
+    c = CodeModel() if code == "committed" else detect_code()
+    fsdp = load_config(PRESET_7B)
+    assert (fsdp.learner.strategy, fsdp.learner.num_workers) == ("fsdp", 4)
+    plans = {p.role: p for p in _plans(fsdp, code=c)}
+    assert {p.node_type for p in plans.values()} == {"node8"} and plans["learner"].gpu.mib == 81559  # p5.48xlarge
+    sharded = plans["learner"]
+    assert sharded.fits, "\n".join(sharded.lines())
+    rep = next(p for p in _plans(load_config(PRESET_7B, ["learner.strategy=replicate"]), code=c) if p.role == "learner")
+    assert not rep.fits
+    assert "learner.strategy replicate: each rank holds the whole fp32 state, 16 B x 7.62B" in rep.problem
+    state = lambda p: sum(b for w, b, _ in p.terms if w.startswith(("weights", "grads", "AdamW")))  # noqa: E731
+    d = model_dims(str(MODELS / "Qwen--Qwen2.5-7B-Instruct"))
+    assert state(sharded) == pytest.approx(16 * d.params / 4)  # 16 B/param over W = 4 ranks
+    assert state(rep) == pytest.approx(16 * d.params)
+
+
+def test_fsdp_offload_takes_the_state_off_the_gpu():
+    cfg = load_config(PRESET_7B, ["learner.fsdp.offload=true"])
+    learner = next(p for p in _plans(cfg, code=detect_code()) if p.role == "learner")
+    assert all(b == 0 for w, b, _ in learner.terms if w.startswith(("weights", "grads", "AdamW")))
+
+
+def test_cluster_check_names_the_strategy(tmp_path):
+    def check(*args):
+        return subprocess.run([sys.executable, "-m", "services.cli", "cluster", "check", "--config", str(PRESET_7B),
+                               *args], capture_output=True, text=True, cwd=ROOT)
+
+    ok = check()
+    assert ok.returncode == 0 and "every GPU actor fits" in ok.stdout, ok.stderr
+    assert "learner.strategy fsdp: state sharded over W = 4 ranks" in ok.stdout
+    bad = check("--set", "learner.strategy=replicate")
+    assert bad.returncode == 1
+    line = [x for x in bad.stderr.splitlines() if x.startswith("cluster check: learner 0-3")]
+    assert line and "learner.strategy fsdp shards it" in line[0], bad.stderr

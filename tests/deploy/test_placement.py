@@ -56,8 +56,9 @@ def test_unoffered_resource_and_overfull_fleet_are_named():
     cfg = load_config(ROOT / "deploy/configs/alfworld_qwen2.5_3b.yaml", ["resources.learner.custom={big_gpu: 1}"])
     with pytest.raises(PlacementError, match=r"learner actor 0 asks for \['big_gpu'\]"):
         place(actor_requests(cfg), CLUSTER)
-    cfg = load_config(ROOT / "deploy/configs/alfworld_qwen2.5_3b.yaml", ["rollout.num_rollout_workers=5"])
-    with pytest.raises(PlacementError, match="rollout actor 4 .* does not fit"):
+    # 4 rollout_gpu nodes + node8's 2 rollout_gpu: the 7th rollout worker has nowhere to go
+    cfg = load_config(ROOT / "deploy/configs/alfworld_qwen2.5_3b.yaml", ["rollout.num_rollout_workers=7"])
+    with pytest.raises(PlacementError, match="rollout actor 6 .* does not fit"):
         place(actor_requests(cfg), CLUSTER)
     fleet = load_config(ROOT / "deploy/configs/smoke_cpu.yaml",
                         ["rollout.num_rollout_workers=2", "stepopsd.num_teacher_workers=2", "learner.num_workers=2"])

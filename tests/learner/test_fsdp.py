@@ -39,7 +39,7 @@ def _equivalence(rank: int, world: int, out_dir: str, aggregation: str) -> None:
     import torch.distributed as dist
     from torch.distributed.device_mesh import DeviceMesh
 
-    from learner.fsdp import full_state_dict, shard_learner
+    from learner.fsdp import full_state_dict, reshard, shard_learner
 
     base = tiny_qwen2()
     kw = dict(lr=1e-3, aggregation=aggregation, micro_batch_size=2, skip_zero_advantage=False)
@@ -53,6 +53,9 @@ def _equivalence(rank: int, world: int, out_dir: str, aggregation: str) -> None:
     for i, lengths in enumerate(BATCHES):
         b = mixed_batch(lengths, seed=i)
         s_single, s_rep, s_fsdp, s_budget = (lrn.update(b) for lrn in (single, rep, fsdp, budget))
+        with torch.no_grad():  # a no-grad forward between updates (the weight-sync probe) leaves the root gathered
+            fsdp.model(input_ids=b.traj.input_ids[:1, :8])
+        reshard(fsdp.model)
         for s in (s_rep, s_fsdp, s_budget):
             assert s.loss == pytest.approx(s_single.loss, abs=1e-6)
             assert s.grad_norm == pytest.approx(s_single.grad_norm, rel=1e-4)
