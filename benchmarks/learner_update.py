@@ -10,6 +10,12 @@ of `Learner` on it, timed as
   - masked, no checkpointing: also `learner.gradient_checkpointing: false` (no recomputed forward).
 Repeats alternate the arms; printed: the median seconds per update per arm, the ratios to `full`, and the
 largest difference of the updated weights between `full` and `masked` (the same update).
+
+    .venv/bin/python benchmarks/learner_update.py --strategies [--rows 8] [--repeats 2]
+
+instead runs the learner.strategy x micro-batch columns on W = 2 gloo ranks (benchmarks/learner_strategies.py):
+replicate | fsdp, by rows | by token budget, on a batch of mixed lengths (some rows >= 1.5k tokens): tokens/s,
+padded tokens and parameter + AdamW bytes and peak RSS per rank, the memory ratio and the token-budget speed-up.
 """
 
 from __future__ import annotations
@@ -62,6 +68,8 @@ def model_and_args(doc: str) -> tuple[argparse.Namespace, str]:
     ap.add_argument("--rows", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--strategies", action="store_true",
+                    help="learner.strategy x token-budget columns on 2 gloo ranks (benchmarks/learner_strategies.py)")
     args = ap.parse_args()
 
     import torch
@@ -75,6 +83,10 @@ def model_and_args(doc: str) -> tuple[argparse.Namespace, str]:
 
 def main() -> int:
     args, path = model_and_args(__doc__ or "")
+    if args.strategies:
+        from learner_strategies import run
+
+        return run(path, args.model, args.rows, args.repeats, max(1, args.threads // 2))
 
     import torch
 
