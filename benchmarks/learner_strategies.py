@@ -141,3 +141,18 @@ def run(path: str, model_name: str, rows: int, repeats: int, threads: int, world
         tok_s = max(r["seconds"] for r in res[f"{s}, token budget"])
         print(f"  token-budget speed-up, {s}: x{rows_s / tok_s:.2f} ({rows_s:.1f} s -> {tok_s:.1f} s per update)")
     return 0
+
+
+def main() -> int:
+    """The same as `learner_update.py --strategies` (its command line)."""
+    from learner_update import model_and_args  # benchmarks/ is sys.path[0] when a script here runs
+
+    args, path = model_and_args(__doc__ or "")
+    return run(path, args.model, args.rows, args.repeats, max(1, args.threads // 2))
+
+
+if __name__ == "__main__":
+    from bench_env import setup
+
+    setup()
+    raise SystemExit(main())

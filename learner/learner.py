@@ -16,6 +16,11 @@ the ranks' counts gives -- and the gradients are summed over the ranks (`all_red
 clipping and the optimizer step. The summed gradient is the single-process full-batch gradient (up to the
 order of float additions), so every rank takes the same step and the replicas stay identical (DDP's
 invariant, with the sum written out: ranks may forward different numbers of micro-batches).
+Which rows a rank forwards, in which micro-batches, is learner/microbatch.py's plan: every W-th row in runs of
+`micro_batch_size`, or by token budget (`max_tokens_per_micro_batch`: length-sorted rows packed to a padded-token
+budget, dealt to ranks by tokens). Sharded (`sharded`, set by learner/fsdp.py `shard_learner`): the parameters are
+FSDP2 DTensor shards, the gradients are reduce-scattered (summed) in the backward instead of all-reduced, and
+every rank runs the same number of micro-batches (the plan pads with zero-weight ones).
 
 Devices and precision: the model lives on `device` (the caller placed it there) and holds fp32 master
 weights; AdamW's state is fp32 too. With `compute_dtype` bf16/fp16 the forward pass runs under autocast
