@@ -117,6 +117,9 @@ def test_cli_version_explain_and_nearest_key(capsys):
     (["env.name=alfworld", "env.search.topk=5"], "env.search.topk"),
     (["sft.enabled=false", "sft.epochs=3"], "sft.epochs"),
     (["rollout.engine=hf", "stepopsd.teacher_engine=hf", "rollout.vllm.max_num_seqs=8"], "rollout.vllm.max_num_seqs"),
+    (["learner.strategy=fsdp"], "learner.strategy"),  # one learner rank: nothing to shard
+    (["pipeline.mode=ray", "learner.num_workers=2", "learner.fsdp.offload=true"], "learner.fsdp.offload"),
+    (["learner.max_tokens_per_micro_batch=4096", "learner.micro_batch_size=2"], "learner.micro_batch_size"),
 ])
 def test_a_setting_the_run_ignores_is_a_warning_naming_it(overrides, key):
     with pytest.warns(UserWarning, match=rf"config: {re.escape(key)} is ignored \(.+\)"):
@@ -129,6 +132,8 @@ def test_a_setting_the_run_ignores_is_a_warning_naming_it(overrides, key):
     ["pipeline.mode=inprocess", "metrics.prometheus_port=9464"],
     ["rollout.engine=hf", "stepopsd.teacher_engine=vllm", "rollout.vllm.max_num_seqs=8"],
     ["sft.enabled=true", "sft.epochs=3"],
+    ["pipeline.mode=ray", "learner.num_workers=2", "learner.strategy=fsdp", "learner.fsdp.offload=true",
+     "learner.max_tokens_per_micro_batch=4096"],
 ])
 def test_settings_that_take_effect_do_not_warn(overrides, recwarn):
     load_config(None, overrides)
@@ -151,3 +156,11 @@ def test_cli_prints_an_ignored_setting_as_one_line(capsys):
     assert main(["config", "validate", "--set", "env.name=search", "--set", "env.search.eval_data=/tmp/h.parquet"]) == 0
     err = capsys.readouterr().err.strip().splitlines()
     assert err and err[0].startswith("stepopsd: warning: env.search.eval_data is ignored (env.search.data is unset"), err
+
+
+def test_a_bad_learner_strategy_is_one_line(capsys):
+    from services.cli import main
+
+    assert main(["train", "--set", "learner.strategy=zero3"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "learner.strategy" in err[0] and "zero3" in err[0], err
