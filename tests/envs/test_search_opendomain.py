@@ -126,3 +126,17 @@ def test_real_topic_files_parse_to_the_pinned_counts(tmp_path, name):
         rows = [json.loads(x) for x in text.split("\n") if x]  # not splitlines: U+2028 occurs in questions
         assert len(rows) == od.TOPICS[name][which][2]
         assert all(r["question"] and r["golden_answers"] for r in rows)
+
+
+def test_make_cases_from_a_dataset(tmp_path):
+    from envs.search.cases import make_cases
+
+    tasks = [QATask(f"nq-{i}", f"question {i}?", (f"answer {i}", f"alias {i}"), "nq") for i in range(12)]
+    cases = make_cases(tmp_path, n=10, seed=0, dataset=tasks)
+    assert len(cases) == 10 and (tmp_path / "cases.jsonl").exists()
+    for c in cases:
+        assert c["reference_actions"] == [c["question"], c["golden_answers"][0]]  # search, answer
+        assert c["error_step"] in (0, 1) and c["actions"][c["error_step"]] != c["reference_actions"][c["error_step"]]
+        assert em_reward(c["actions"][-1], c["golden_answers"]) == 0.0  # every diagnosed trajectory loses
+        assert c["actions"][0] not in c["golden_answers"]  # a wrong query never searches the answer itself
+    assert {c["error_kind"] for c in cases} == {"query", "answer"}
