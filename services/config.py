@@ -220,6 +220,9 @@ def ignored_settings(cfg: Config) -> list[tuple[str, str]]:
     if cfg.env.name == "search" and s.data is None and s.eval_data is not None:
         out.append(("env.search.eval_data", "env.search.data is unset: the synthetic KB's held-out fifth is the "
                     "eval split (its questions are answerable from the synthetic corpus; set env.search.data too)"))
+    if cfg.env.name == "search" and s.data is None and s.answer_in_corpus:
+        out.append(("env.search.answer_in_corpus", "env.search.data is unset: every synthetic KB question is "
+                    "answerable from its own corpus"))
     if not cfg.sft.enabled:
         for f in sorted(_set(cfg.sft) - {"enabled"}):
             out.append((f"sft.{f}", "sft.enabled is false"))

@@ -125,7 +125,12 @@ def script_turns(spec: EnvSpec, actions: list[str]) -> list[str]:
 
 
 def make_cases(spec: EnvSpec, out: Path, n: int, seed: int = 0, split: str = "eval") -> list[dict[str, Any]]:
-    """n cases from the synthetic KB's questions of `split`."""
+    """n cases from the synthetic KB's questions of `split`, or from env.search.data's (filtered) questions."""
     from envs.search.cases import make_cases as make
 
-    return make(out, n=n, seed=seed, split=split)
+    opts = _opts(spec)
+    if opts.data is None:
+        return make(out, n=n, seed=seed, split=split)
+    from envs.search.factory import load_split_tasks
+
+    return make(out, n=n, seed=seed, split=split, dataset=load_split_tasks(opts, spec.cache_dir, split))

@@ -45,19 +45,28 @@ def script_turns(actions: list[str]) -> list[str]:
     return turns
 
 
-def make_cases(out: Path, *, n: int, seed: int = 0, split: str = "eval") -> list[dict[str, Any]]:
-    """Write `out/cases.jsonl` with n cases from the seed-0 synthetic KB's `split` questions."""
+def make_cases(out: Path, *, n: int, seed: int = 0, split: str = "eval",
+               dataset: list[QATask] | None = None) -> list[dict[str, Any]]:
+    """Write `out/cases.jsonl` with n cases from the seed-0 synthetic KB's `split` questions, or from `dataset`
+    (NQ / TriviaQA / a file: the reference searches the question and answers; a wrong query is another
+    question's answer -- an unrelated entity -- and a wrong answer another question's answer)."""
     from envs.search.synthetic import generate_kb, split_of
 
     rng = random.Random(seed)
-    kb = generate_kb(0)
-    tasks = [t for t in kb.tasks if split_of(t.id) == split]
+    if dataset is None:
+        kb = generate_kb(0)
+        tasks = [t for t in kb.tasks if split_of(t.id) == split]
+        bridge = kb.bridge
+        titles = sorted({kb.bridge[t] for t in kb.bridge})
+        answers = sorted({a for t in kb.tasks for a in t.golden_answers})
+    else:
+        tasks, bridge = list(dataset), {}
+        answers = sorted({t.golden_answers[0] for t in tasks})
+        titles = answers
     rng.shuffle(tasks)
-    titles = sorted({kb.bridge[t] for t in kb.bridge})
-    answers = sorted({a for t in kb.tasks for a in t.golden_answers})
     cases = []
     for t in tasks[:n]:
-        ref = [t.question] + ([kb.bridge[t.id]] if t.id in kb.bridge else []) + [t.golden_answers[0]]
+        ref = [t.question] + ([bridge[t.id]] if t.id in bridge else []) + [t.golden_answers[0]]
         k = rng.randrange(len(ref))
         wrong_answer = rng.choice([a for a in answers if a not in t.golden_answers])
         actions = list(ref)
@@ -65,7 +74,8 @@ def make_cases(out: Path, *, n: int, seed: int = 0, split: str = "eval") -> list
             actions[k] = wrong_answer
             kind = "answer"
         else:
-            actions[k] = rng.choice([x for x in titles if x not in ref])
+            avoid = set(ref) | (set(t.golden_answers) if dataset is not None else set())
+            actions[k] = rng.choice([x for x in titles if x not in avoid])
             actions[-1] = wrong_answer
             kind = "query"
         cases.append({"id": t.id, "question": t.question, "golden_answers": list(t.golden_answers),

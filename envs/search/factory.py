@@ -26,7 +26,9 @@ def load_split_tasks(cfg: SearchEnvConfig, cache_dir: str | Path, split: str = "
     """The questions of `split` ("train" | "eval"): the synthetic KB's questions are split by id
     (`synthetic.split_of`, one in five held out); a dataset file is used as is for training, and
     `eval_data` (else `data`) for evaluation; a DatasetDict directory gives the split of that name
-    (`data.load_hf_dir`: "eval" picks eval / validation / valid / val / dev / test)."""
+    (`data.load_hf_dir`: "eval" picks eval / validation / valid / val / dev / test). `nq` / `triviaqa` name the
+    open-domain sets (`opendomain`: dev for training, test for evaluation); `answer_in_corpus` keeps the questions
+    whose answer the corpus holds and prints the kept count."""
     from envs.search.synthetic import ensure_synthetic_kb, split_of
 
     if split not in ("train", "eval"):
@@ -34,7 +36,16 @@ def load_split_tasks(cfg: SearchEnvConfig, cache_dir: str | Path, split: str = "
     if cfg.data is None:
         _, questions = ensure_synthetic_kb(cache_dir, 0)
         return [t for t in load_tasks(questions) if split_of(t.id) == split]
-    return load_tasks(cfg.eval_data if split == "eval" and cfg.eval_data else cfg.data, split=split)
+    from envs.search import opendomain
+
+    source = cfg.eval_data if split == "eval" and cfg.eval_data else cfg.data
+    if source in opendomain.NAMES:
+        tasks = load_tasks(opendomain.ensure_open_domain(source, split, cache_dir))
+    else:
+        tasks = load_tasks(source, split=split)
+    if cfg.answer_in_corpus:
+        tasks = opendomain.filtered(tasks, opendomain.corpus_jsonl(cfg.corpus, cache_dir), f"{source} {split}")
+    return tasks
 
 
 def client_for(cfg: SearchEnvConfig) -> RetrievalClient:
