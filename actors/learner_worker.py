@@ -64,7 +64,9 @@ class LearnerWorker(WorkerBase):
                                ppo_clip_high=lc.ppo_clip_high, kl_coef=lc.kl_coef, aggregation=lc.aggregation,
                                grad_clip=lc.grad_clip, micro_batch_size=lc.micro_batch_size,
                                ppo_epochs=lc.ppo_epochs, ref_model=ref, skip_zero_advantage=lc.skip_zero_advantage,
-                               device=self.device, compute_dtype=self.dtype)
+                               device=self.device, compute_dtype=self.dtype, pg_coef=lc.pg_coef,
+                               teacher_loss=lc.teacher_loss.kind, teacher_loss_coef=lc.teacher_loss.coef,
+                               teacher_gate_beta=lc.teacher_loss.gate_beta)
         self.probe = probe_ids(load_tokenizer(path))
         self.rank = rank
         self._published: tuple[dict[str, torch.Tensor], Any] | None = None

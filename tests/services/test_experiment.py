@@ -99,7 +99,7 @@ def test_arm_overrides_parse_into_valid_configs(tmp_path: Path) -> None:
     base = load_config(SEARCHQA)
     cfgs = {arm: experiment.arm_config(SEARCHQA, [], arm, 2, tmp_path) for arm in experiment.ARMS}
     knobs = {arm: (c.stepopsd.lambda_mix, c.stepopsd.alpha_clip, c.stepopsd.credit_budget, c.stepopsd.step_filter)
-             for arm, c in cfgs.items()}
+             for arm, c in cfgs.items() if arm in ("grpo", "opd", "stepopsd", "stepopsd_paper", "stepopsd_local")}
     b = base.stepopsd
     assert knobs == {
         "grpo": (0.0, b.alpha_clip, b.credit_budget, b.step_filter),
@@ -116,7 +116,8 @@ def test_arm_overrides_parse_into_valid_configs(tmp_path: Path) -> None:
 
 
 def test_arms_of_one_seed_share_every_random_stream_but_the_policy(tmp_path: Path) -> None:
-    """Paired seeds: the arms' configs differ only in stepopsd.* (and their run dir / name), and everything
+    """Paired seeds: the arms' configs differ only in stepopsd.* and the learner's method knobs (and their run dir /
+    name), and everything
     random in a run that does not depend on the policy is a function of run.seed and the batch index."""
     from actors.rollout import eval_tasks, row_seed
     from services.train import tasks_for_batch
@@ -124,6 +125,8 @@ def test_arms_of_one_seed_share_every_random_stream_but_the_policy(tmp_path: Pat
     def rest(c):
         d = c.model_dump(mode="json")
         d.pop("stepopsd")
+        for k in ("pg_coef", "teacher_loss", "adv_estimator", "gigpo"):  # the learner's method knobs
+            d["learner"].pop(k)
         d["run"] = {k: v for k, v in d["run"].items() if k not in ("dir", "name")}
         return d
 
