@@ -146,12 +146,19 @@ def test_search_make_cases_and_localize(tmp_path, capsys):
         assert c["actions"][-1] not in c["golden_answers"]
     try:
         assert main(["diagnose", "localize", "--config", "deploy/configs/searchqa_cpu.yaml", "--data",
-                     str(tmp_path / "cases" / "cases.jsonl"), "--contexts", "actions", *cfg_over]) == 0
+                     str(tmp_path / "cases" / "cases.jsonl"), "--contexts", "actions,skill",
+                     "--out", str(tmp_path / "rep.json"), *cfg_over]) == 0
     finally:
         wiring.stop_retrieval_services()
     lines = capsys.readouterr().out.strip().splitlines()
     assert CREDIT.match(lines[-2]) and LAST.match(lines[-1])
     assert lines[-1].endswith(")") and "/4 " in lines[-1]
+    # the skill teacher (no sibling, the question kind's skill text) scored the same cases
+    rep = json.loads((tmp_path / "rep.json").read_text())
+    assert set(rep["summary"]) == {"actions", "skill"} and rep["teacher_model"] == rep["model"]
+    for row in rep["cases"]:
+        sk, ac = row["by_context"]["skill"], row["by_context"]["actions"]
+        assert sk["n_steps"] == ac["n_steps"] and sk["teacher"] != ac["teacher"]
 
 
 @pytest.mark.parametrize("text,first", [("</think><search>In which country</search>", "In"),
