@@ -9,6 +9,13 @@ term, so they are not forwarded at all (`skip_zero_advantage`); parameters left 
 one, so the optimizer step is the same as if they had been computed. After the update the policy version is incremented; weights are handed
 out as a CPU state dict (the driver puts it in the object store, versioned).
 
+Teacher loss terms (`teacher_loss`: Skill-SD's or SDAR's, learner/teacher_losses.py): the scored batch carries
+the teacher's per-token log-probs (`ScoredBatch.teacher_logp`, `teacher_mask`); each micro-batch adds
+`teacher_loss_coef` times its share of the term -- computed from the live log-probs, as the SDAR repo's actor does --
+normalised by the full batch's teacher-token (row) count, so micro-batches add up to the batch mean. The PPO term is
+weighted by `pg_coef` (0: no RL term, the SDAR repo's OPSD). Rows with a teacher are forwarded even when their A^
+is 0 (the term's gradient is not).
+
 Data parallel (`dp_rank`, `dp_world`, `all_reduce`): W learner processes hold identical replicas and each gets
 the WHOLE scored batch; rank r forwards every W-th of the rows that are forwarded, scales its micro-batch
 losses by the GLOBAL token (row) count -- known from the full batch's mask, the same number an all-reduce of
