@@ -138,3 +138,36 @@ def test_learner_adds_the_term_exactly_and_micro_batches_add_up(kind: str, aggre
     model.rows = 0
     Learner(model, lr=1e-2, teacher_loss=kind, teacher_loss_coef=0.3).update(_scored(adv, [False, False, False, True]))
     assert model.rows == 3  # rows 0 and 2 (A^ != 0) and 3 (teacher); row 1 has neither
+
+
+@pytest.mark.parametrize("aggregation", ["token_mean", "seq_mean"])
+def test_teacher_loss_data_parallel_equals_single_process(aggregation: str) -> None:
+    """Two ranks (threads, in-memory all-reduce) with a teacher term take the single process's step."""
+    import threading
+
+    from tests.learner.test_data_parallel import ThreadAllReduce
+
+    torch.manual_seed(0)
+    base = Counting()
+    kw = dict(lr=1e-2, aggregation=aggregation, micro_batch_size=1, teacher_loss="sdar", teacher_loss_coef=0.5)
+    single = Learner(copy.deepcopy(base), **kw)
+    reduce = ThreadAllReduce(2)
+    ranks = [Learner(copy.deepcopy(base), dp_rank=r, dp_world=2, all_reduce=reduce, **kw) for r in range(2)]
+    for adv, rows in (([0.8, 0.0, -0.5, 0.0, 0.2], [True, True, False, True, False]), ([0.0] * 5, [True] * 5)):
+        ref = single.update(_scored(adv, rows))
+        out = [None, None]
+
+        def step(r: int, adv=adv, rows=rows, out=out) -> None:
+            out[r] = ranks[r].update(_scored(adv, rows))
+
+        ts = [threading.Thread(target=step, args=(r,)) for r in range(2)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        for o in out:
+            assert o.teacher_loss == pytest.approx(ref.teacher_loss, abs=1e-6)
+            assert o.loss == pytest.approx(ref.loss, abs=1e-6)
+        for r in ranks:
+            for p, q in zip(r.model.parameters(), single.model.parameters()):
+                torch.testing.assert_close(p, q, atol=1e-6, rtol=0)
