@@ -63,8 +63,7 @@ class ScoringOptions:
     def validate(self) -> ScoringOptions:
         STEP_FILTERS.get(self.step_filter)
         CREDIT_BUDGETS.get(self.credit_budget)
-        if self.adv_estimator != "gigpo":
-            ADV_ESTIMATORS.get(self.adv_estimator)
+        ADV_ESTIMATORS.get(self.adv_estimator)
         self.gigpo.validate()
         if self.squash not in SQUASHES:
             raise ValueError(f"squash must be one of {tuple(SQUASHES)}, got {self.squash!r}")
@@ -79,7 +78,6 @@ class ScoringOptions:
 
 
 SELF_CONTEXTS = frozenset({"skill"})  # teacher contexts built from the row itself (no sibling needed)
-ADV_ESTIMATOR_NAMES = (*ADV_ESTIMATORS.names(), "gigpo")
 
 
 def hindsight_sources(traj: TrajectoryBatch, opts: ScoringOptions | None = None) -> torch.Tensor:
@@ -95,8 +93,7 @@ def token_advantages(traj: TrajectoryBatch, opts: ScoringOptions) -> torch.Tenso
     broadcast (GRPO), or GiGPO's episode + w * step advantage. Rows the env failed get 0 and stay out of
     their group's baseline."""
     gen = traj.generated_mask  # (B, T)
-    name = "grpo" if opts.adv_estimator == "gigpo" else opts.adv_estimator
-    estimator = ADV_ESTIMATORS.get(name)
+    estimator = ADV_ESTIMATORS.get(opts.adv_estimator)  # gigpo: its episode term (GRPO)
     keep = ~traj.env_error if traj.env_error is not None else torch.ones(traj.batch_size, dtype=torch.bool)
     adv_seq = torch.zeros_like(traj.rewards)  # (B,)
     if bool(keep.any()):

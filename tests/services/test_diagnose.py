@@ -119,7 +119,7 @@ def test_localize_alfworld_prints_the_lines(alfworld_cases, capsys):
         con = f["by_reduce"]["contrast"]["step_delta"]
         assert all(v == 0.0 for s, v in con.items() if int(s) != k) and con[str(k)] != 0.0
     assert rep["cost"]["actions"]["contrast_sequences"] == len(rep["cases"])
-    assert set(rep["summary"]) == {"actions", "trajectory", "none"} and len(rep["cases"]) == 2
+    assert set(rep["summary"]) == {"actions", "trajectory", "none", "skill"} and len(rep["cases"]) == 2
     for row in rep["cases"]:
         none = row["by_context"]["none"]
         assert all(abs(d) < 1e-4 for d in none["step_delta"].values())  # same weights, same context: delta = 0
