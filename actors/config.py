@@ -100,6 +100,19 @@ class FsdpConfig(_Base):
     offload: bool = Field(False, description="learner.strategy fsdp: keep the parameter shards and AdamW state in pinned host memory and step AdamW on the CPU (torch CPUOffloadPolicy): less GPU memory, slower steps. GPU learners only (a CPU learner's shards are in host memory already: ignored with a warning).")
 
 
+class GiGPOConfig(_Base):
+    gamma: float = Field(0.95, ge=0.0, le=1.0, description="GiGPO: discount of the per-step return (verl-agent's 0.95).")
+    step_weight: float = Field(1.0, ge=0.0, description="GiGPO: w, the weight of the step advantage added to the episode advantage.")
+    similarity: float = Field(1.0, gt=0.0, le=1.0, description="GiGPO: anchor states match when identical (1.0) or when difflib's ratio is >= this (verl-agent's Search-QA script: 0.9).")
+    mode: Literal["mean_std_norm", "mean_norm"] = Field("mean_std_norm", description="GiGPO: step-group normalisation, (G - mean) / std or G - mean.")
+
+
+class TeacherLossConfig(_Base):
+    kind: Literal["none", "skill_sd", "sdar"] = Field("none", description="A teacher term added to the loss (learner/teacher_losses.py): skill_sd = Skill-SD's importance-weighted k3 KL to the teacher; sdar = SDAR's gated likelihood term. Needs the teacher to run (it does whenever this is not none).")
+    coef: float = Field(0.0, ge=0.0, description="Its coefficient c (Skill-SD 0.001, SDAR/OPSD 0.01 in the SDAR repo's scripts).")
+    gate_beta: float = Field(5.0, ge=0.0, description="sdar: beta of the gate sigmoid(beta (l_T - l_theta)); 0 = the repo's GRPO+OPSD (gate 1/2: the teacher drops out of the gradient).")
+
+
 class LearnerConfig(_Base):
     lr: float = Field(1e-6, gt=0, description="AdamW learning rate.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
@@ -108,11 +121,14 @@ class LearnerConfig(_Base):
     kl_coef: float = Field(0.0, ge=0, description="Coefficient of the k3 KL to the reference (initial) policy.")
     skip_zero_advantage: bool = Field(True, description="Do not forward rows whose advantage is 0 on every generated token (their gradient is exactly 0; only when kl_coef is 0). False = forward every row (benchmarks of the full update cost).")
     aggregation: Literal["token_mean", "seq_mean"] = Field("token_mean", description="Loss aggregation over tokens.")
-    adv_estimator: Literal["grpo", "grpo_no_std"] = Field("grpo", description="GRPO advantage with or without std normalisation.")
+    adv_estimator: Literal["grpo", "grpo_no_std", "gigpo"] = Field("grpo", description="GRPO advantage with or without std normalisation, or GiGPO (learner/gigpo.py: GRPO + learner.gigpo.step_weight x the step advantage normalised within anchor-state groups).")
     grad_clip: float = Field(1.0, gt=0, description="Global grad-norm clip.")
     micro_batch_size: int = Field(1, ge=1, description="Trajectories per forward/backward micro-batch (memory: logits are T x vocab floats per row).")
     gradient_checkpointing: bool = Field(True, description="Recompute activations in backward (HF gradient checkpointing): far less memory for long multi-turn sequences.")
     ppo_epochs: int = Field(1, ge=1, description="Passes over each batch.")
+    pg_coef: float = Field(1.0, ge=0.0, description="Weight of the PPO-clip policy-gradient term (0 = no RL term: the SDAR repo's OPSD).")
+    teacher_loss: TeacherLossConfig = Field(default_factory=TeacherLossConfig, description="A teacher term in the loss (Skill-SD, SDAR, OPSD).")
+    gigpo: GiGPOConfig = Field(default_factory=GiGPOConfig, description="GiGPO options (adv_estimator: gigpo).")
     lora: LoraConfig = Field(default_factory=LoraConfig, description="Optional LoRA.")
     num_workers: int = Field(1, ge=1, description="Data-parallel learner actors (Ray mode): replicas over torch.distributed (gloo on CPU, NCCL on GPU), each forwarding its share of a batch's rows, gradients summed over the group; rank 0 publishes and checkpoints.")
     strategy: Literal["replicate", "fsdp"] = Field("replicate", description="How W = num_workers learner ranks hold the model: 'replicate' = a full fp32 replica + AdamW state per rank (16 bytes/parameter each), gradients all-reduced; 'fsdp' = torch FSDP2 (fully_shard per decoder layer and the root): weights, gradients and AdamW state sharded over the ranks (~16/W bytes/parameter each), layers all-gathered while they run, gradients reduce-scattered in fp32; compute in model.dtype. With num_workers 1 both are the same single process.")

@@ -6,11 +6,14 @@ trajectory, given the env's text protocol and the successful sibling chosen as i
   final answer).
 - `trajectory`: the block lists the sibling's turns *with the observations they got* (each cut to
   `OBS_CHARS` characters, so a Search-QA block stays well inside the teacher's context).
+- `skill`: the student's own first message with a privileged skill text for the row's task type / question
+  kind (actors/skills.py) -- the teacher of RLSD, Skill-SD and SDAR. It reads no sibling, so every row gets
+  a teacher (`learner.scoring.hindsight_sources` makes each row its own source).
 - `none`: control -- the student's own first message, so delta measures only the teacher snapshot's drift
   from the policy (and, when student and teacher weights are equal, is exactly 0 up to numerics).
 
-The rows that get a teacher are the same for every builder (those with a successful sibling), so builders
-differ only in what the teacher reads.
+The rows that get a teacher are the same for every sibling builder (those with a successful sibling), so
+those builders differ only in what the teacher reads; `skill` scores every row.
 """
 
 from __future__ import annotations
@@ -48,3 +51,14 @@ def trajectory_context(proto: Any, first_user: str, actions: Sequence[str], obse
 @HINDSIGHT_CONTEXTS.register("none")
 def none_context(proto: Any, first_user: str, actions: Sequence[str], observations: Sequence[str]) -> str:
     return first_user
+
+
+SKILL_HEADER = "Guidance for this kind of task:"
+
+
+@HINDSIGHT_CONTEXTS.register("skill")
+def skill_context(
+    proto: Any, first_user: str, actions: Sequence[str], observations: Sequence[str], skill: str = ""
+) -> str:
+    """The skill text goes where the hindsight block goes (the env's `teacher_user_message`)."""
+    return proto.teacher_user_message(first_user, f"{SKILL_HEADER}\n{skill}" if skill else "")

@@ -70,7 +70,9 @@ class LearnerWorker(WorkerBase):
                                grad_clip=lc.grad_clip, micro_batch_size=lc.micro_batch_size,
                                ppo_epochs=lc.ppo_epochs, ref_model=ref, skip_zero_advantage=lc.skip_zero_advantage,
                                device=self.device, compute_dtype=self.dtype,
-                               max_tokens_per_micro_batch=lc.max_tokens_per_micro_batch)
+                               max_tokens_per_micro_batch=lc.max_tokens_per_micro_batch, pg_coef=lc.pg_coef,
+                               teacher_loss=lc.teacher_loss.kind, teacher_loss_coef=lc.teacher_loss.coef,
+                               teacher_gate_beta=lc.teacher_loss.gate_beta)
         self.strategy, self.fsdp_offload = lc.strategy, lc.fsdp.offload
         self.dp_rank = 0  # rank in the learner group (0 publishes and saves)
         self.probe = probe_ids(load_tokenizer(path))

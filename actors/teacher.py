@@ -25,12 +25,15 @@ class TeacherScorer:
     env's text protocol (system_prompt, hindsight_block, teacher_user_message); `context` names a hindsight
     context builder (actors/hindsight_context.py)."""
 
-    def __init__(self, engine: Any, *, protocol: Any, context: str = "actions", version: int = 0) -> None:
+    def __init__(self, engine: Any, *, protocol: Any, context: str = "actions", version: int = 0,
+                 skills: Any = None) -> None:
         self.engine = engine
         self.tok = engine.tokenizer
         self.pieces = chat_pieces(self.tok)
         self.protocol = protocol
         self.build_context = HINDSIGHT_CONTEXTS.get(context)
+        self.context = context
+        self.skills = skills  # actors.skills.SkillBook for context "skill"
         self.version = version
 
     def load_weights(self, state_dict: dict[str, torch.Tensor], version: int,
@@ -65,7 +68,11 @@ class TeacherScorer:
     def _context(self, traj: TrajectoryBatch, i: int, j: int) -> list[int]:
         """Token ids of row i's teacher prompt: its own prompt with the hindsight block built from row j."""
         obs = traj.observations[j] if traj.observations else []
-        user = self.build_context(self.protocol, traj.first_user_messages[i], traj.actions[j], obs)
+        if self.context == "skill":
+            skill = self.skills.text_for(traj.task_types[i], traj.first_user_messages[i]) if self.skills else ""
+            user = self.build_context(self.protocol, traj.first_user_messages[i], [], [], skill=skill)
+        else:
+            user = self.build_context(self.protocol, traj.first_user_messages[i], traj.actions[j], obs)
         return list(self.tok(prompt_text(self.pieces, self.protocol.system_prompt, user),
                              add_special_tokens=False)["input_ids"])
 

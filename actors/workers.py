@@ -197,7 +197,11 @@ class TeacherWorker(WorkerBase):
                               seed=seed, max_context=model.max_context * 2,
                               sync_tolerance=rollout.sync_tolerance(model.dtype),
                               **engine_options(model, rollout.model_copy(update={"engine": engine_kind})))
-        self.scorer = TeacherScorer(engine, protocol=protocol_for(env), context=scoring.hindsight_context)
+        from actors.skills import SkillBook
+
+        skills = SkillBook.load(env.kind, scoring.skills_dir) if scoring.hindsight_context == "skill" else None
+        self.scorer = TeacherScorer(engine, protocol=protocol_for(env), context=scoring.hindsight_context,
+                                    skills=skills)
         if self.snapshot_path.exists():
             self._load_snapshot()
 
@@ -257,7 +261,7 @@ class TeacherWorker(WorkerBase):
 
         t0 = time.perf_counter()
         traj = _joined([traj, *more])
-        sources = hindsight_sources(traj)
+        sources = hindsight_sources(traj, self.scoring)
         t_logp = self.scorer.teacher_logp(traj, sources) if needs_teacher(sources, self.scoring) else None
         contrast, n_contrast = (self.scorer.step_contrast(traj, sources, t_logp)
                                 if t_logp is not None and self.scoring.needs_contrast else (None, 0))
@@ -274,7 +278,7 @@ class TeacherWorker(WorkerBase):
 
         t0 = time.perf_counter()
         traj = _joined(list(parts))
-        sources = hindsight_sources(traj)
+        sources = hindsight_sources(traj, self.scoring)
         if not needs_teacher(sources, self.scoring):
             return None, time.perf_counter() - t0
         groups = torch.unique(traj.group_ids)  # ascending
@@ -303,7 +307,7 @@ class TeacherWorker(WorkerBase):
             got = [lp for lp, _, _ in got]
         t_logp = torch.stack(got).sum(0) if got else None
         spent = max((sec for _, sec in shares), default=0.0)
-        scored = score_batch(traj, t_logp, hindsight_sources(traj), opts=self.scoring, lam=lam, alpha=alpha,
+        scored = score_batch(traj, t_logp, hindsight_sources(traj, self.scoring), opts=self.scoring, lam=lam, alpha=alpha,
                              teacher_version=self.scorer.version, seconds=spent + time.perf_counter() - t0,
                              step_contrast=contrast, contrast_sequences=n_contrast)
         return scored, scored.stats

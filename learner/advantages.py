@@ -48,6 +48,15 @@ def grpo_no_std_advantage(rewards: torch.Tensor, group_ids: torch.Tensor, eps: f
     return rewards - mean
 
 
+@ADV_ESTIMATORS.register("gigpo")
+def gigpo_episode_advantage(
+    rewards: torch.Tensor, group_ids: torch.Tensor, eps: float = 1e-6
+) -> torch.Tensor:
+    """GiGPO's episode term: the GRPO advantage. Its step term (w x the anchor-state group advantage) is added per
+    token by `learner.scoring.token_advantages` (learner/gigpo.py)."""
+    return grpo_advantage(rewards, group_ids, eps)
+
+
 def broadcast_to_tokens(adv: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
     """(B,) sequence advantages, (B, T) bool mask of trained tokens -> (B, T) advantages, 0 off the mask."""
     if adv.dim() != 1 or token_mask.dim() != 2 or token_mask.shape[0] != adv.shape[0]:

@@ -230,6 +230,9 @@ class UpdateStats:
     trained_tokens: float = 0.0  # generated tokens of the batch (the token_mean normaliser)
     skipped_rows: float = 0.0  # rows with generated tokens not forwarded (all-zero A^, skip_zero_advantage)
     update_seconds: float = 0.0  # wall time of the update (set by the worker; 0 from `Learner.update`)
+    teacher_loss: float = (
+        0.0  # the teacher loss term L_teacher (learner.teacher_loss; 0 without one), unscaled
+    )
 
     def as_dict(self) -> dict[str, float]:
         """Field -> float; a value not measured (None) is left out."""
@@ -295,6 +298,9 @@ class ScoredBatch:
     lam: float  # lambda in force
     alpha: float  # alpha_clip in force
     stats: ScoreStats = field(default_factory=ScoreStats)  # shaping stats + coverage and timing
+    teacher_mask: torch.Tensor | None = (
+        None  # (B, T) bool, generated tokens of rows the teacher scored (the learner's teacher loss); None: no teacher ran
+    )
 
     def validate(self) -> ScoredBatch:
         self.traj.validate()
@@ -307,4 +313,8 @@ class ScoredBatch:
             raise ValueError(f"ScoredBatch.has_teacher: expected ({B},), got {tuple(self.has_teacher.shape)}")
         if bool((self.shape_mask & ~self.traj.generated_mask).any()):
             raise ValueError("ScoredBatch.shape_mask: shapes a non-generated token")
+        if self.teacher_mask is not None and (
+            self.teacher_mask.shape != (B, T) or bool((self.teacher_mask & ~self.traj.generated_mask).any())
+        ):
+            raise ValueError("ScoredBatch.teacher_mask: expected (B, T) bool within the generated tokens")
         return self

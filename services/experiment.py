@@ -8,9 +8,19 @@ Arms (everything else identical, including the SFT warm start every arm starts f
   stepopsd_paper  the paper's knobs: lambda_mix 0.2, alpha_clip 0.05, credit_budget step_mean
   stepopsd_local  the knobs the localization results favour (docs/results/localization): credit_budget
                   step_level, lambda_mix 1.0, alpha_clip 0.5
-(the default --arms: grpo,opd,stepopsd_paper,stepopsd_local).
+  the rivals, each the source's defaults (docs/methods.md: formula, source file, what was adapted):
+  gigpo           GRPO + 1.0 x GiGPO's step advantage (gamma 0.95; Search-QA anchors match at similarity 0.9)
+  rlsd            squash exp, alpha_clip 0.2, budget none, every generated token, lambda 0.5 -> 0 over 100 steps,
+                  skill-text teacher with the current weights
+  skill_sd        GRPO + 0.001 x Skill-SD's importance-weighted k3 KL to the skill-text teacher
+  sdar            GRPO + 0.01 x SDAR's gated likelihood term (gate beta 5)
+  opsd            the SDAR term alone (learner.pg_coef 0)
+  grpo_opsd       GRPO + the SDAR term with beta 0 (the teacher drops out of its gradient; kept for parity)
+  gigpo_stepopsd  GiGPO advantages, then StepOPSD shaping with the paper's knobs
+(the default --arms: grpo,opd,stepopsd_paper,stepopsd_local; every arm: --arms all).
 
-Paired seeds. The arms' configs differ only in `stepopsd.*` (tested), and the runs of one seed s share every
+Paired seeds. The arms' configs differ only in `stepopsd.*` and the learner's method knobs (`learner.pg_coef`,
+`learner.teacher_loss.*`, `learner.adv_estimator`, `learner.gigpo.*`) (tested), and the runs of one seed s share every
 random stream that does not depend on the policy: batch m trains on `actors/rollout.tasks_for_batch(task_ids,
 m, n, s)` (a `random.Random(s * 7919 + m)` draw), its env resets are seeded `batch_seed * 100003 + row` and its
 sampling `actors/rollout.row_seed(batch_seed, turn, row)` with `batch_seed = s * 1_000_003 + m`
@@ -51,15 +61,37 @@ from services.experiment_report import (
     write_report,
 )
 
+_PAPER = ["stepopsd.lambda_mix=0.2", "stepopsd.alpha_clip=0.05", "stepopsd.credit_budget=step_mean"]
+# the SDAR repo's teacher: the current weights, prompted with a skill text (docs/methods.md)
+_SKILL_TEACHER = ["stepopsd.hindsight_context=skill", "stepopsd.teacher_refresh_every=0"]
+_SDAR = [*_SKILL_TEACHER, "stepopsd.lambda_mix=0", "learner.teacher_loss.kind=sdar",
+         "learner.teacher_loss.coef=0.01", "learner.teacher_loss.gate_beta=5.0"]
 ARMS = {
     "grpo": ["stepopsd.lambda_mix=0"],
     "opd": ["stepopsd.step_filter=all_generated"],
     "stepopsd": [],
-    "stepopsd_paper": ["stepopsd.lambda_mix=0.2", "stepopsd.alpha_clip=0.05", "stepopsd.credit_budget=step_mean"],
+    "stepopsd_paper": _PAPER,
     "stepopsd_local": ["stepopsd.credit_budget=step_level", "stepopsd.lambda_mix=1.0", "stepopsd.alpha_clip=0.5"],
+    # the rivals (docs/methods.md has each one's formula, source and defaults)
+    "gigpo": ["stepopsd.lambda_mix=0", "learner.adv_estimator=gigpo", "learner.gigpo.gamma=0.95",
+              "learner.gigpo.step_weight=1.0", "learner.gigpo.mode=mean_std_norm"],
+    "rlsd": [*_SKILL_TEACHER, "stepopsd.lambda_mix=0.5", "stepopsd.alpha_clip=0.2", "stepopsd.squash=exp",
+             "stepopsd.credit_budget=none", "stepopsd.step_filter=all_generated", "stepopsd.schedule.kind=linear_decay",
+             "stepopsd.schedule.decay_start=0", "stepopsd.schedule.decay_end=100"],
+    "skill_sd": [*_SKILL_TEACHER, "stepopsd.lambda_mix=0", "learner.teacher_loss.kind=skill_sd",
+                 "learner.teacher_loss.coef=0.001"],
+    "sdar": _SDAR,
+    "opsd": [*_SDAR, "learner.pg_coef=0"],
+    "grpo_opsd": [*_SDAR[:-1], "learner.teacher_loss.gate_beta=0.0"],
+    "gigpo_stepopsd": [*_PAPER, "learner.adv_estimator=gigpo", "learner.gigpo.gamma=0.95",
+                       "learner.gigpo.step_weight=1.0", "learner.gigpo.mode=mean_std_norm"],
 }
+# env-specific source defaults: verl-agent's Search-QA GiGPO script groups anchor states by similarity >= 0.9
+ENV_ARM_OVERRIDES = {("search", "gigpo"): ["learner.gigpo.similarity=0.9"],
+                     ("search", "gigpo_stepopsd"): ["learner.gigpo.similarity=0.9"]}
+ALL_ARMS = ("grpo,gigpo,rlsd,skill_sd,sdar,opsd,grpo_opsd,stepopsd_paper,stepopsd_local,gigpo_stepopsd,opd")
 DEFAULT_ARMS = "grpo,opd,stepopsd_paper,stepopsd_local"
-PROBED = frozenset(a for a in ARMS if a.startswith("stepopsd"))  # arms whose runs record an alpha_clip probe batch
+PROBED = frozenset(a for a in ARMS if a.startswith("stepopsd") or a == "gigpo_stepopsd")  # arms whose runs record an alpha_clip probe batch
 HELDOUT = "heldout_episodes.jsonl"  # a run's held-out transcripts (one JSON line per episode)
 WARM_START_HELDOUT = "warm_start_heldout_episodes.jsonl"
 
@@ -91,7 +123,7 @@ def run_cli(args: argparse.Namespace) -> int:
 
 
 def _arms(spec: str) -> list[str]:
-    arms = [a.strip() for a in spec.split(",") if a.strip()]
+    arms = [a.strip() for a in (ALL_ARMS if spec.strip() == "all" else spec).split(",") if a.strip()]
     for arm in arms:
         if arm not in ARMS:
             raise SystemExit(f"--arms: unknown arm {arm!r}; known: {', '.join(ARMS)}")
@@ -103,8 +135,9 @@ def arm_config(config: str | None, overrides: list[str], arm: str, seed: int, ou
     then the seed and the run's directory and name."""
     from services.config import load_config
 
-    return load_config(config, [*overrides, *ARMS[arm], f"run.seed={seed}", f"run.dir={run_dir_of(out, arm, seed)}",
-                                f"run.name={arm}_s{seed}"])
+    env = load_config(config, list(overrides)).env.name if any(a == arm for _, a in ENV_ARM_OVERRIDES) else ""
+    return load_config(config, [*overrides, *ARMS[arm], *ENV_ARM_OVERRIDES.get((env, arm), []), f"run.seed={seed}",
+                                f"run.dir={run_dir_of(out, arm, seed)}", f"run.name={arm}_s{seed}"])
 
 
 def probed(arm: str) -> bool:

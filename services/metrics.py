@@ -42,6 +42,8 @@ weight_sync_seconds  Wall time of the last weight publish + load + verification.
 weight_sync_ok     1 if the last weight load passed the log-prob probe check, else 0 (alerted on).
 nonfinite_count    Non-finite Δ values replaced by 0 this step.
 loss, grad_norm    Policy loss and pre-clip gradient norm of the update.
+pg_loss            The PPO-clip term alone (before learner.pg_coef).
+teacher_loss       The teacher loss term (learner.teacher_loss: Skill-SD, SDAR), before its coefficient; 0 without one.
 ppo_clip_frac      Fraction of forwarded tokens where PPO's clipped ratio branch was taken.
 step_seconds       Wall time of the whole learner step.
 ================== ==================================================================================

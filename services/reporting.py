@@ -14,7 +14,7 @@ from services.rundir import RunDir
 
 # the UpdateStats fields a metrics row carries (a selection: pg_loss, ratio_mean, trained_tokens are left out);
 # update_seconds goes in with the other stage times
-UPDATE_KEYS = ("loss", "grad_norm", "approx_kl", "kl", "skipped_rows", "entropy", "ppo_clip_frac")
+UPDATE_KEYS = ("loss", "grad_norm", "approx_kl", "kl", "skipped_rows", "entropy", "ppo_clip_frac", "pg_loss", "teacher_loss")
 STAGES = ("rollout", "score", "update")  # the pipeline's stages, timed inside their workers
 
 

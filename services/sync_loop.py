@@ -46,6 +46,6 @@ def sync_loop(cfg: Any, steps: int | None = None) -> dict[str, torch.Tensor]:
         learner.update(scored)  # 3.
         packet = learner.publish()  # 4. (verified on the probe by every receiver)
         rollout.load_weights(packet)
-        if (n + 1) % cfg.stepopsd.teacher_refresh_every == 0:
+        if (n + 1) % max(1, cfg.stepopsd.teacher_refresh_every) == 0:
             teacher.refresh(packet)
     return {k: v.clone() for k, v in learner.learner.model.state_dict().items()}

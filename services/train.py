@@ -231,7 +231,7 @@ class Trainer:
         cfg, pipe, report = self.cfg, self.pipe, self.report
         rollouts, teachers, learners, sync = self.rollouts, self.teachers, self.learners, self.sync
         assert pipe and report and rollouts and teachers and learners and sync
-        K = cfg.stepopsd.teacher_refresh_every
+        K = max(1, cfg.stepopsd.teacher_refresh_every)  # 0 = age 0: refresh with every version
         with self._progress(start) as advance:
             for n in range(start, cfg.run.steps):
                 t_step = time.perf_counter()

@@ -19,6 +19,7 @@ from actors.collective import LEARNER_GROUP, GroupSpec
 from actors.handle import Handle, gather
 from actors.workers import EnvPoolWorker, LearnerWorker, RolloutWorker, TeacherWorker
 from envs.base import EnvSpec
+from learner.gigpo import GiGPOOptions
 from learner.scoring import ScoringOptions
 from services.config import ActorResources, Config
 
@@ -144,9 +145,14 @@ def env_spec(cfg: Config, serve: bool = True) -> EnvSpec:
 
 def scoring_options(cfg: Config) -> ScoringOptions:
     so = cfg.stepopsd
+    g = cfg.learner.gigpo
     return ScoringOptions(step_filter=so.step_filter, credit_budget=so.credit_budget,
-                          adv_estimator=cfg.learner.adv_estimator, enabled=so.lambda_mix > 0,
-                          hindsight_context=so.hindsight_context, step_score=so.step_score).validate()
+                          adv_estimator=cfg.learner.adv_estimator,
+                          enabled=so.lambda_mix > 0 or cfg.learner.teacher_loss.kind != "none",
+                          hindsight_context=so.hindsight_context, step_score=so.step_score, squash=so.squash,
+                          gigpo=GiGPOOptions(gamma=g.gamma, step_weight=g.step_weight, similarity=g.similarity,
+                                             mode=g.mode),
+                          skills_dir=so.skills_dir).validate()
 
 
 def policy_model_path(cfg: Config, log: Any = print) -> str:

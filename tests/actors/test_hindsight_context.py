@@ -13,7 +13,7 @@ FIRST = "Task t1: act."
 
 
 def test_registry_names_and_unknown():
-    assert HINDSIGHT_CONTEXTS.names() == ["actions", "none", "trajectory"]
+    assert HINDSIGHT_CONTEXTS.names() == ["actions", "none", "skill", "trajectory"]
     with pytest.raises(KeyError, match="unknown hindsight context 'nope'"):
         HINDSIGHT_CONTEXTS.get("nope")
 

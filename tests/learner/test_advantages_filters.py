@@ -26,7 +26,7 @@ def test_grpo_no_std_and_singleton():
 
 
 def test_registry_names_and_error():
-    assert ADV_ESTIMATORS.names() == ["grpo", "grpo_no_std"]
+    assert ADV_ESTIMATORS.names() == ["gigpo", "grpo", "grpo_no_std"]  # gigpo: its episode term (learner/gigpo.py)
     with pytest.raises(KeyError, match="unknown advantage estimator 'ppo'"):
         ADV_ESTIMATORS.get("ppo")
 

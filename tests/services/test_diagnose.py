@@ -119,7 +119,7 @@ def test_localize_alfworld_prints_the_lines(alfworld_cases, capsys):
         con = f["by_reduce"]["contrast"]["step_delta"]
         assert all(v == 0.0 for s, v in con.items() if int(s) != k) and con[str(k)] != 0.0
     assert rep["cost"]["actions"]["contrast_sequences"] == len(rep["cases"])
-    assert set(rep["summary"]) == {"actions", "trajectory", "none"} and len(rep["cases"]) == 2
+    assert set(rep["summary"]) == {"actions", "trajectory", "none", "skill"} and len(rep["cases"]) == 2
     for row in rep["cases"]:
         none = row["by_context"]["none"]
         assert all(abs(d) < 1e-4 for d in none["step_delta"].values())  # same weights, same context: delta = 0
@@ -146,12 +146,19 @@ def test_search_make_cases_and_localize(tmp_path, capsys):
         assert c["actions"][-1] not in c["golden_answers"]
     try:
         assert main(["diagnose", "localize", "--config", "deploy/configs/searchqa_cpu.yaml", "--data",
-                     str(tmp_path / "cases" / "cases.jsonl"), "--contexts", "actions", *cfg_over]) == 0
+                     str(tmp_path / "cases" / "cases.jsonl"), "--contexts", "actions,skill",
+                     "--out", str(tmp_path / "rep.json"), *cfg_over]) == 0
     finally:
         wiring.stop_retrieval_services()
     lines = capsys.readouterr().out.strip().splitlines()
     assert CREDIT.match(lines[-2]) and LAST.match(lines[-1])
     assert lines[-1].endswith(")") and "/4 " in lines[-1]
+    # the skill teacher (no sibling, the question kind's skill text) scored the same cases
+    rep = json.loads((tmp_path / "rep.json").read_text())
+    assert set(rep["summary"]) == {"actions", "skill"} and rep["teacher_model"] == rep["model"]
+    for row in rep["cases"]:
+        sk, ac = row["by_context"]["skill"], row["by_context"]["actions"]
+        assert sk["n_steps"] == ac["n_steps"] and sk["teacher"] != ac["teacher"]
 
 
 @pytest.mark.parametrize("text,first", [("</think><search>In which country</search>", "In"),

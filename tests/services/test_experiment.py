@@ -99,7 +99,7 @@ def test_arm_overrides_parse_into_valid_configs(tmp_path: Path) -> None:
     base = load_config(SEARCHQA)
     cfgs = {arm: experiment.arm_config(SEARCHQA, [], arm, 2, tmp_path) for arm in experiment.ARMS}
     knobs = {arm: (c.stepopsd.lambda_mix, c.stepopsd.alpha_clip, c.stepopsd.credit_budget, c.stepopsd.step_filter)
-             for arm, c in cfgs.items()}
+             for arm, c in cfgs.items() if arm in ("grpo", "opd", "stepopsd", "stepopsd_paper", "stepopsd_local")}
     b = base.stepopsd
     assert knobs == {
         "grpo": (0.0, b.alpha_clip, b.credit_budget, b.step_filter),
@@ -116,7 +116,8 @@ def test_arm_overrides_parse_into_valid_configs(tmp_path: Path) -> None:
 
 
 def test_arms_of_one_seed_share_every_random_stream_but_the_policy(tmp_path: Path) -> None:
-    """Paired seeds: the arms' configs differ only in stepopsd.* (and their run dir / name), and everything
+    """Paired seeds: the arms' configs differ only in stepopsd.* and the learner's method knobs (and their run dir /
+    name), and everything
     random in a run that does not depend on the policy is a function of run.seed and the batch index."""
     from actors.rollout import eval_tasks, row_seed
     from services.train import tasks_for_batch
@@ -124,6 +125,8 @@ def test_arms_of_one_seed_share_every_random_stream_but_the_policy(tmp_path: Pat
     def rest(c):
         d = c.model_dump(mode="json")
         d.pop("stepopsd")
+        for k in ("pg_coef", "teacher_loss", "adv_estimator", "gigpo"):  # the learner's method knobs
+            d["learner"].pop(k)
         d["run"] = {k: v for k, v in d["run"].items() if k not in ("dir", "name")}
         return d
 
@@ -399,3 +402,37 @@ def test_experiment_end_to_end_with_the_tiny_model(tmp_path: Path) -> None:
     # asked again: every run is reused from its result.json (no training, nothing deleted is needed)
     assert experiment.run(args) == 0
     assert json.loads((out / "results.json").read_text())["results"] == rep["results"]
+
+
+def test_every_method_arm_is_reported_beside_grpo() -> None:
+    """`--arms all` names every method; the report gives each its row with the paired difference vs GRPO."""
+    assert experiment._arms("all") == ["grpo", "gigpo", "rlsd", "skill_sd", "sdar", "opsd", "grpo_opsd",
+                                       "stepopsd_paper", "stepopsd_local", "gigpo_stepopsd", "opd"]
+    results = {arm: {0: _res([1, 0, 1, 0]), 1: _res([0, 0, 1, 1])} for arm in ("grpo", "gigpo", "sdar", "opsd")}
+    results["sdar"] = {0: _res([1, 1, 1, 1]), 1: _res([1, 1, 1, 1])}
+    before = _ev([1, 0, 0, 0], TYPES)
+    rep = {"config": SEARCHQA, "overrides": [], "eval_episodes": 4, "complete": True, "finished": ["..."],
+           "missing": [], "stale": [], "warm_start_eval": before, "results": results,
+           "stats": report.compute_stats(results, before), "alpha_tables": {}, "wall_seconds": 60.0}
+    md = report.render_markdown(rep)
+    assert "| gigpo | 2 | 8 | 0.500 [0.125, 0.875] | s0 0.500, s1 0.500 | +0.250 [-0.250, +0.625] | " \
+           "+0.000 [+0.000, +0.000] |" in md
+    assert "| sdar | 2 | 8 | 1.000 [1.000, 1.000] | s0 1.000, s1 1.000 | +0.750 [+0.375, +1.000] * | " \
+           "+0.500 [+0.125, +0.875] * |" in md
+    assert "| opsd | 2 | 8 |" in md
+
+
+def test_method_arms_set_their_sources_knobs(tmp_path: Path) -> None:
+    c = {arm: experiment.arm_config(SEARCHQA, [], arm, 0, tmp_path) for arm in experiment.ARMS}
+    assert (c["gigpo"].learner.adv_estimator, c["gigpo"].learner.gigpo.similarity) == ("gigpo", 0.9)  # Search-QA
+    assert (c["rlsd"].stepopsd.squash, c["rlsd"].stepopsd.alpha_clip, c["rlsd"].stepopsd.credit_budget,
+            c["rlsd"].stepopsd.schedule.decay_end, c["rlsd"].stepopsd.hindsight_context) == (
+        "exp", 0.2, "none", 100, "skill")
+    for arm, kind, coef, beta, pg in (("skill_sd", "skill_sd", 0.001, 5.0, 1.0), ("sdar", "sdar", 0.01, 5.0, 1.0),
+                                      ("opsd", "sdar", 0.01, 5.0, 0.0), ("grpo_opsd", "sdar", 0.01, 0.0, 1.0)):
+        lc = c[arm].learner
+        assert (lc.teacher_loss.kind, lc.teacher_loss.coef, lc.teacher_loss.gate_beta, lc.pg_coef) == (
+            kind, coef, beta, pg), arm
+        assert (c[arm].stepopsd.lambda_mix, c[arm].stepopsd.teacher_refresh_every) == (0.0, 0), arm
+    assert c["gigpo_stepopsd"].learner.adv_estimator == "gigpo" and c["gigpo_stepopsd"].stepopsd.lambda_mix == 0.2
+    assert experiment.probed("gigpo_stepopsd") and not experiment.probed("sdar")
