@@ -106,15 +106,8 @@ def run_stage(args: argparse.Namespace) -> int:
     import time
     from pathlib import Path
 
-    from actors.models import (
-        BUILTINS,
-        build_builtin_into,
-        cache_root,
-        looks_local,
-        resolve_model,
-        stage_hub_model,
-        stage_root,
-    )
+    from actors.model_hub import stage_hub_model, stage_root
+    from actors.models import BUILTINS, build_builtin_into, cache_root, looks_local, resolve_model
 
     cfg = model_section(args.config, args.path, args.to)
     model, root = cfg.path, stage_root(cfg)
