@@ -134,3 +134,39 @@ def test_fsdp_policies_are_torch_objects() -> None:
     assert "offload_policy" not in kw and ignored is not None and "GPU" in ignored
     kw, ignored = fsdp_policies(torch.device("cuda"), torch.bfloat16, offload=True)  # built, not run: no GPU here
     assert isinstance(kw["offload_policy"], CPUOffloadPolicy) and kw["offload_policy"].pin_memory and ignored is None
+
+
+def _teacher_loss_equivalence(rank: int, world: int, kind: str) -> None:
+    """The teacher-loss hook (learner/teacher_losses.py) under FSDP with token-budget micro-batches: FSDP's padding
+    micro-batches (weight 0) must add nothing to the teacher term either."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import DeviceMesh
+
+    from learner.fsdp import full_state_dict, shard_learner
+
+    base = tiny_qwen2()
+    kw = dict(lr=1e-3, micro_batch_size=2, skip_zero_advantage=True, pg_coef=0.5, teacher_loss=kind,
+              teacher_loss_coef=0.3, teacher_gate_beta=2.0)
+    single = Learner(copy.deepcopy(base), **kw)
+    fsdp = Learner(copy.deepcopy(base), max_tokens_per_micro_batch=96, **kw)
+    shard_learner(fsdp, DeviceMesh.from_group(dist.group.WORLD, "cpu"), rank=rank, world=world,
+                  all_reduce=dist_all_reduce)
+    for i, lengths in enumerate(BATCHES):
+        b = mixed_batch(lengths, seed=i)
+        g = torch.Generator().manual_seed(100 + i)
+        gen = b.traj.generated_mask
+        b.teacher_logp = torch.where(gen, b.traj.behaviour_logp + torch.randn(gen.shape, generator=g), 0.0)
+        b.teacher_mask = gen & (torch.arange(gen.shape[0]) % 3 != 0)[:, None]  # rows 0, 3, ... had no teacher
+        b.shaped_advantages = b.shaped_advantages * (torch.arange(gen.shape[0]) % 2 == 0)[:, None]  # zero-A rows
+        s_single, s_fsdp = single.update(b), fsdp.update(b)
+        assert s_fsdp.teacher_loss == pytest.approx(s_single.teacher_loss, abs=1e-6)
+        assert s_fsdp.loss == pytest.approx(s_single.loss, abs=1e-6)
+    full = full_state_dict(fsdp.model, None, 2**16, keep=True)
+    diff = max(float((full[k] - p.detach()).abs().max()) for k, p in single.model.named_parameters())
+    assert diff < TOL, diff
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["skill_sd", "sdar"])
+def test_fsdp_teacher_loss_equals_single_process(kind: str) -> None:
+    spawn(_teacher_loss_equivalence, 2, kind)
