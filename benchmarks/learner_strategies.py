@@ -10,7 +10,6 @@ expected for the sharded state) and the token-budget speed-up.
 from __future__ import annotations
 
 import json
-import resource
 import socket
 import time
 from pathlib import Path
@@ -50,6 +49,12 @@ def scored_batch(lengths: list[int], vocab: int, seed: int = 0) -> Any:
     adv = torch.tensor([1.0 if i % 2 else -1.0 for i in range(B)])[:, None] * gen.float()
     traj = SimpleNamespace(input_ids=ids, generated_mask=gen, attention_mask=attn, batch_size=B, behaviour_logp=logp)
     return SimpleNamespace(traj=traj, shaped_advantages=adv)
+
+
+def _vm_hwm() -> int:
+    """This process's peak RSS (VmHWM; ru_maxrss would carry the spawning parent's high-water mark across exec)."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
 
 
 def _rank(rank: int, world: int, port: int, path: str, arm: str, lengths: list[int], mbs: int, budget: int,
@@ -100,7 +105,7 @@ def _rank(rank: int, world: int, port: int, path: str, arm: str, lengths: list[i
                               max_tokens=budget if by_tokens else None, equalize=strategy == "fsdp")
     Path(out, f"{rank}.json").write_text(json.dumps({
         "seconds": min(times), "state_bytes": state, "padded_tokens": padded_tokens(plan, lens),
-        "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+        "peak_rss": _vm_hwm()}))
     dist.destroy_process_group()
 
 

@@ -43,7 +43,6 @@ def reference_bkv(model, input_ids, attention_mask, mask):
 
 
 def run_arm(arm: str, B: int, T: int, dtype: str) -> None:
-    import resource
 
     import torch
     from transformers import AutoModelForCausalLM, Qwen2Config
@@ -63,8 +62,9 @@ def run_arm(arm: str, B: int, T: int, dtype: str) -> None:
         with open("/proc/self/statm") as f:
             return int(f.read().split()[1]) * 4096
 
-    def peak() -> int:
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    def peak() -> int:  # VmHWM: ru_maxrss would carry the parent's high-water mark across fork/exec
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
 
     fn = reference_bkv if arm == "old" else token_logprobs_entropy
     base = rss()

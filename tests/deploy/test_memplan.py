@@ -132,7 +132,7 @@ def test_activation_formula_matches_what_autograd_saves(cls, tmp_path):
 
 
 _LOGITS = r"""
-import resource, sys, torch
+import sys, torch
 sys.path.insert(0, {root!r})
 from transformers import Qwen2Config, AutoModelForCausalLM
 from learner.logprobs import autocast_context, token_logprobs_entropy
@@ -141,7 +141,9 @@ m = AutoModelForCausalLM.from_config(Qwen2Config(vocab_size=V, hidden_size=64, i
     num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)).float()
 ids = torch.randint(0, V, (1, T)); mask = torch.ones(1, T, dtype=torch.bool); mask[:, 0] = False
 rss = lambda: int(open("/proc/self/statm").read().split()[1]) * 4096
-peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+# VmHWM, not ru_maxrss: a child keeps its parent's RSS high-water mark across fork/exec in ru_maxrss (Linux
+# folds the old mm's into it), so a test process holding GBs would be measured instead of this one
+peak = lambda: next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmHWM:"))
 base = rss()
 with autocast_context(torch.device("cpu"), torch.bfloat16):
     lp, _ = token_logprobs_entropy(m, ids, torch.ones_like(mask), mask)
