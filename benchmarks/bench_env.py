@@ -20,3 +20,10 @@ def setup() -> Path:
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
     return ROOT
+
+
+def peak_rss() -> int:
+    """This process's peak resident bytes (VmHWM: its own address space's high-water mark; `ru_maxrss` would carry
+    the spawning parent's across fork/exec)."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))

@@ -51,21 +51,15 @@ def scored_batch(lengths: list[int], vocab: int, seed: int = 0) -> Any:
     return SimpleNamespace(traj=traj, shaped_advantages=adv)
 
 
-def _vm_hwm() -> int:
-    """This process's peak RSS (VmHWM; ru_maxrss would carry the spawning parent's high-water mark across exec)."""
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
-
-
 def _rank(rank: int, world: int, port: int, path: str, arm: str, lengths: list[int], mbs: int, budget: int,
           repeats: int, threads: int, out: str) -> None:
     import torch
     import torch.distributed as dist
+    from bench_env import peak_rss  # benchmarks/ is on the spawned rank's sys.path too
     from torch.distributed.device_mesh import DeviceMesh
-    from torch.distributed.tensor import DTensor
 
     from actors.models import load_hf_model
-    from learner.fsdp import shard_learner
+    from learner.fsdp import local_state_bytes, shard_learner
     from learner.learner import Learner
     from learner.microbatch import padded_tokens, plan_micro_batches
 
@@ -94,18 +88,13 @@ def _rank(rank: int, world: int, port: int, path: str, arm: str, lengths: list[i
         dist.barrier()
         times.append(time.perf_counter() - t0)
 
-    def nb(t: torch.Tensor) -> int:
-        t = t.to_local() if isinstance(t, DTensor) else t
-        return t.numel() * t.element_size()
-
-    state = sum(nb(p) for p in {id(p): p for p in lrn.model.parameters()}.values())
-    state += sum(nb(v) for st in lrn.optimizer.state.values() for v in st.values() if isinstance(v, torch.Tensor))
+    state = local_state_bytes(lrn.model, lrn.optimizer)
     lens = sb.traj.attention_mask.sum(-1)
     plan = plan_micro_batches(torch.arange(len(lengths)), lens, rank=rank, world=world, micro_batch_size=mbs,
                               max_tokens=budget if by_tokens else None, equalize=strategy == "fsdp")
     Path(out, f"{rank}.json").write_text(json.dumps({
         "seconds": min(times), "state_bytes": state, "padded_tokens": padded_tokens(plan, lens),
-        "peak_rss": _vm_hwm()}))
+        "peak_rss": peak_rss()}))
     dist.destroy_process_group()
 
 

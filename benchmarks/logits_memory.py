@@ -16,7 +16,7 @@ import argparse
 import subprocess
 import sys
 
-from bench_env import setup  # benchmarks/ is sys.path[0] when a script here runs
+from bench_env import peak_rss, setup  # benchmarks/ is sys.path[0] when a script here runs
 
 ROOT = setup()
 V = 151936
@@ -62,17 +62,14 @@ def run_arm(arm: str, B: int, T: int, dtype: str) -> None:
         with open("/proc/self/statm") as f:
             return int(f.read().split()[1]) * 4096
 
-    def peak() -> int:  # VmHWM: ru_maxrss would carry the parent's high-water mark across fork/exec
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
 
     fn = reference_bkv if arm == "old" else token_logprobs_entropy
     base = rss()
     with autocast_context(torch.device("cpu"), getattr(torch, dtype)):
         lp, _ = fn(m, ids, attn, mask)
-    fwd = peak()
+    fwd = peak_rss()
     (-(lp * mask).sum()).backward()
-    print(f"{(fwd - base) / 2**30:.3f} {(peak() - base) / 2**30:.3f}")
+    print(f"{(fwd - base) / 2**30:.3f} {(peak_rss() - base) / 2**30:.3f}")
 
 
 def main() -> None:

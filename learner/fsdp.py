@@ -166,6 +166,19 @@ def global_nbytes(t: torch.Tensor) -> int:
     return t.numel() * t.element_size()
 
 
+def local_state_bytes(model: nn.Module, optimizer: torch.optim.Optimizer) -> int:
+    """Bytes this rank holds of the parameters (each once, tied ones too) and the optimizer state: a DTensor counts
+    its local shard only, a plain tensor all of it (the replicated learner's full copy)."""
+    from torch.distributed.tensor import DTensor
+
+    def nb(t: torch.Tensor) -> int:
+        t = t.to_local() if isinstance(t, DTensor) else t
+        return t.numel() * t.element_size()
+
+    n = sum(nb(p) for p in {id(p): p for p in model.parameters()}.values())
+    return n + sum(nb(v) for st in optimizer.state.values() for v in st.values() if isinstance(v, torch.Tensor))
+
+
 def shard_of(full: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """This rank's piece of `full` laid out as the DTensor `like` (Shard(d) or Replicate on a 1-D mesh, as
     `shard_model` makes them); `full` itself when `like` is a plain tensor. Raises when shapes disagree."""

@@ -13,26 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from learner.fsdp import fsdp_policies, shard_of
+from learner.fsdp import fsdp_policies, local_state_bytes, shard_of
 from learner.learner import Learner
 from tests.learner.fsdp_helpers import dist_all_reduce, mixed_batch, spawn, tiny_qwen2
 
 BATCHES = [[40, 12, 90, 25, 60, 8, 33], [70, 70, 15, 44, 9], [100, 5, 50, 22, 31, 64, 18, 27]]
 TOL = 2e-5
-
-
-def _local_bytes(learner: Learner) -> int:
-    """Bytes of this rank's parameters + AdamW state (a DTensor counts its local shard only)."""
-    from torch.distributed.tensor import DTensor
-
-    def nb(t: torch.Tensor) -> int:
-        t = t.to_local() if isinstance(t, DTensor) else t
-        return t.numel() * t.element_size()
-
-    n = sum(nb(p) for p in {id(p): p for p in learner.model.parameters()}.values())
-    for st in learner.optimizer.state.values():
-        n += sum(nb(v) for v in st.values() if isinstance(v, torch.Tensor))
-    return n
 
 
 def _equivalence(rank: int, world: int, out_dir: str, aggregation: str) -> None:
@@ -69,7 +55,7 @@ def _equivalence(rank: int, world: int, out_dir: str, aggregation: str) -> None:
         assert moved > 1e-4  # the steps did move the weights
         assert diff < TOL and diff_rep < TOL, (name, diff, diff_rep)
         figures[f"{name}_vs_single"], figures[f"{name}_vs_replicate"] = diff, diff_rep
-    figures["bytes_replicate"], figures["bytes_fsdp"] = _local_bytes(rep), _local_bytes(fsdp)
+    figures["bytes_replicate"], figures["bytes_fsdp"] = local_state_bytes(rep.model, rep.optimizer), local_state_bytes(fsdp.model, fsdp.optimizer)
     figures["ratio"] = figures["bytes_fsdp"] / figures["bytes_replicate"]
     assert 0.45 < figures["ratio"] < 0.56, figures
     Path(out_dir, f"rank{rank}_{aggregation}.json").write_text(json.dumps(figures))
