@@ -176,7 +176,9 @@ def local_state_bytes(model: nn.Module, optimizer: torch.optim.Optimizer) -> int
         return t.numel() * t.element_size()
 
     n = sum(nb(p) for p in {id(p): p for p in model.parameters()}.values())
-    return n + sum(nb(v) for st in optimizer.state.values() for v in st.values() if isinstance(v, torch.Tensor))
+    return n + sum(
+        nb(v) for st in optimizer.state.values() for v in st.values() if isinstance(v, torch.Tensor)
+    )
 
 
 def shard_of(full: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

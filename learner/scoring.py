@@ -148,11 +148,13 @@ def score_batch(
     gen = traj.generated_mask  # (B, T)
     adv = token_advantages(traj, opts)  # (B, T)
     has_teacher = sources >= 0  # (B,)
+    teacher_mask: torch.Tensor | None = None  # (B, T) tokens the teacher scored; None: it did not run
     if teacher_logp is None or not needs_teacher(sources, opts):
         t_logp = torch.zeros_like(traj.behaviour_logp)  # (B, T)
         shape_mask = torch.zeros_like(gen)  # (B, T): nothing shaped
     else:
         t_logp = teacher_logp
+        teacher_mask = gen & has_teacher[:, None]
         shape_mask = (
             STEP_FILTERS.get(opts.step_filter)(traj.span_roles, traj.step_ids) & has_teacher[:, None] & gen
         )
@@ -204,7 +206,5 @@ def score_batch(
         lam=lam,
         alpha=alpha,
         stats=stats,
-        teacher_mask=None
-        if teacher_logp is None or not needs_teacher(sources, opts)
-        else gen & has_teacher[:, None],
+        teacher_mask=teacher_mask,
     ).validate()
